@@ -1,0 +1,373 @@
+"""Typed configuration: dataclasses, validated once on load, dumped with every run.
+
+One tree describes a model; the pipelines nest it inside their job config
+(`pipelines.config.JobConfig`). Loading is strict: unknown keys, wrong types and impossible
+values raise `ConfigError` naming the dotted path of the offending key.
+
+Example:
+    >>> cfg = from_dict(ModelConfig, {"kind": "onestep", "flow": {"depth": 2}})
+    >>> cfg.flow.depth
+    2
+    >>> cfg = apply_overrides(cfg, ["operator.rank=16"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------------------------------
+# The model tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowConfig:
+    """The invertible network `g`.
+
+    Attributes:
+        depth: number of blocks (ActNorm -> coupling -> coupling -> 1x1 conv); the "flow depth".
+        hidden: channels (U-Net) or units (MLP) of the coupling conditioners.
+        conditioner: "unet" for images, "mlp" for flat vectors.
+        clamp: soft bound on the coupling log-scales.
+        shared: one network serves `g_x` and `g_y` through a role flag (the paper's choice);
+            False builds two separate networks.
+    """
+
+    depth: int = 4
+    hidden: int = 32
+    conditioner: Literal["unet", "mlp"] = "unet"
+    clamp: float = 5.0
+    shared: bool = True
+
+    def validate(self, path: str) -> None:
+        _check(self.depth >= 1, f"{path}.depth must be >= 1, got {self.depth}")
+        _check(self.hidden >= 1, f"{path}.hidden must be >= 1, got {self.hidden}")
+        _check(self.clamp > 0, f"{path}.clamp must be > 0, got {self.clamp}")
+
+
+@dataclass
+class OperatorConfig:
+    """The core linear operator `A`.
+
+    Attributes:
+        rank: rank r of low-rank / time-conditioned operators, k of the projector; the
+            "operator rank".
+        time_embed_dim: width of the sinusoidal embedding of t (time-conditioned operators).
+        hidden: hidden units of the MLP that emits the factors of `A(t)`.
+        kernel_size: kernel of the per-style depthwise convolution (style models).
+        styles: style names, one operator each (style models).
+        symmetric: projector variant: True gives the orthogonal projector `Q Q^T`.
+    """
+
+    rank: int = 8
+    time_embed_dim: int = 64
+    hidden: int = 128
+    kernel_size: int = 4
+    styles: list[str] = field(default_factory=list)
+    symmetric: bool = True
+
+    def validate(self, path: str) -> None:
+        _check(self.rank >= 1, f"{path}.rank must be >= 1, got {self.rank}")
+        _check(self.time_embed_dim >= 2 and self.time_embed_dim % 2 == 0,
+               f"{path}.time_embed_dim must be an even number >= 2, got {self.time_embed_dim}")
+        _check(self.kernel_size >= 1, f"{path}.kernel_size must be >= 1, got {self.kernel_size}")
+        _check(len(set(self.styles)) == len(self.styles), f"{path}.styles has duplicates: {self.styles}")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the training objective (method.md §2) and its perceptual term.
+
+    Attributes:
+        s: latent noise scale of the reconstruction terms.
+        perceptual: "mse" (offline default), "ssim" (MSE + SSIM) or "lpips" (needs local weights).
+        w_latent, w_noise, w_data, w_pred: weights of the four terms.
+        w_prior: weight of a kind-specific extra term (e.g. distribution matching of projected
+            noise codes for the projective model).
+    """
+
+    s: float = 0.3
+    perceptual: Literal["mse", "ssim", "lpips"] = "mse"
+    w_latent: float = 1.0
+    w_noise: float = 1.0
+    w_data: float = 1.0
+    w_pred: float = 1.0
+    w_prior: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.s >= 0, f"{path}.s must be >= 0, got {self.s}")
+        for name in ("w_latent", "w_noise", "w_data", "w_pred", "w_prior"):
+            _check(getattr(self, name) >= 0, f"{path}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class SamplerConfig:
+    """Latent ODE integration for one-step models.
+
+    Attributes:
+        method: "euler" or "rk4".
+        steps: number of steps T of the multi-step sampler that `B` collapses.
+        t_end: end time; None means `1 - 1/T` as the reference.
+        compress_tol: relative tolerance of the rank-revealing re-compression of `B`
+            (0 disables it).
+    """
+
+    method: Literal["euler", "rk4"] = "rk4"
+    steps: int = 100
+    t_end: float | None = None
+    compress_tol: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 1, f"{path}.steps must be >= 1, got {self.steps}")
+        if self.t_end is not None:
+            _check(0 < self.t_end < 1, f"{path}.t_end must lie in (0, 1), got {self.t_end}")
+        _check(self.compress_tol >= 0, f"{path}.compress_tol must be >= 0, got {self.compress_tol}")
+
+    def resolved_t_end(self) -> float:
+        return 1.0 - 1.0 / self.steps if self.t_end is None else self.t_end
+
+
+@dataclass
+class ModelConfig:
+    """A whole model: which kind, its data shape, `g` and `A`.
+
+    Attributes:
+        kind: a registered model kind ("onestep", "projective", "style", ...).
+        image_shape: (C, H, W) of the images the model maps.
+    """
+
+    kind: str = "onestep"
+    image_shape: tuple[int, int, int] = (1, 32, 32)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def validate(self, path: str) -> None:
+        _check(all(s >= 1 for s in self.image_shape), f"{path}.image_shape must be positive, got {self.image_shape}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one run (the pipelines add the distributed knobs).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: global batch size (split across workers by the pipeline).
+        lr: Adam learning rate.
+        weight_decay: AdamW weight decay.
+        grad_clip: max gradient norm (0 disables clipping).
+        seed: seed of parameters, data order and noise.
+        log_every, sample_every, checkpoint_every: intervals in steps (0 disables).
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 0
+    checkpoint_every: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 1, f"{path}.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"{path}.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"{path}.lr must be > 0, got {self.lr}")
+        _check(self.grad_clip >= 0, f"{path}.grad_clip must be >= 0, got {self.grad_clip}")
+        for name in ("log_every", "sample_every", "checkpoint_every"):
+            _check(getattr(self, name) >= 0, f"{path}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Strict (de)serialisation
+# --------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp` and convert JSON shapes (list -> tuple)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path or 'config'} must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arm in args:
+            if arm is type(None):
+                continue
+            try:
+                return _coerce(value, arm, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: {value!r} matches none of {[_type_name(a) for a in args]}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path} must have {len(args)} entries, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path} must be finite, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {tp!r}")  # pragma: no cover
+
+
+def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Build and validate the dataclass `cls` from a plain mapping, strictly.
+
+    Args:
+        cls: a config dataclass.
+        data: nested dicts / lists / scalars (parsed JSON or YAML).
+        path: dotted prefix used in error messages.
+
+    Returns:
+        The validated config object.
+
+    Raises:
+        ConfigError: naming the dotted path of the first problem.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(names)})"
+            raise ConfigError(f"unknown config key '{where}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    obj = cls(**kwargs)
+    validate(obj, path)
+    return obj
+
+
+def validate(obj: Any, path: str = "") -> None:
+    """Run `validate(path)` on `obj` and every nested config dataclass."""
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            validate(child, f"{path}.{f.name}" if path else f.name)
+    if hasattr(obj, "validate"):
+        obj.validate(path or type(obj).__name__)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The JSON-ready form of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def apply_overrides(obj: T, overrides: list[str]) -> T:
+    """Return a copy of `obj` with `dotted.key=value` overrides applied (values parsed as JSON,
+    falling back to plain strings), validated again."""
+    data = to_dict(obj)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override {item!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            near = difflib.get_close_matches(parts[-1], list(node), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"unknown config key '{key}' in override {item!r}{hint}")
+        node[parts[-1]] = value
+    return from_dict(type(obj), data)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Load `cls` from a JSON or YAML file (or defaults when `path` is None), then apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise ConfigError(f"cannot parse config file {p}: {e}") from e
+    obj = from_dict(cls, data)
+    return apply_overrides(obj, overrides or []) if overrides else obj
+
+
+def dump_config(obj: Any, path: str | Path) -> Path:
+    """Write the resolved config as JSON (the record of what a run used)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n")
+    return p

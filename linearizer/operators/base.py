@@ -1,0 +1,95 @@
+"""The contract every linear operator `A` obeys.
+
+Operators act on flat batches: `apply` maps `[B, n] -> [B, m]` (row-vector convention: the
+result is `z @ A.T` for the matrix `A` of shape `[m, n]`), `apply_transpose` maps `[B, m] -> [B, n]`.
+The Linearizer flattens latents before calling them; an operator that needs the image layout
+(a convolution) keeps its own `(C, H, W)` and reshapes inside.
+
+Structured results (a pseudo-inverse, a product, an SVD) stay structured where the structure
+allows; `materialize()` gives the dense `[m, n]` matrix for small sizes and tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class LinearOperator(nn.Module):
+    """Base class of linear operators.
+
+    Subclasses must implement `shape`, `apply`, `apply_transpose`; they should override
+    `materialize`, `pinv` and `svd` where structure makes them cheaper than the dense fallback.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]:  # pragma: no cover
+        """(m, n): output and input dimension."""
+        raise NotImplementedError
+
+    def apply(self, z: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def apply_transpose(self, y: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.apply(z)
+
+    # ----- dense fallbacks (subclasses override with structured versions) -----
+
+    def _reference_tensor(self) -> Tensor:
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.is_floating_point():
+                return t
+        return torch.empty(0)
+
+    def materialize(self) -> Tensor:
+        """The dense `[m, n]` matrix (columns are images of the basis vectors)."""
+        ref = self._reference_tensor()
+        eye = torch.eye(self.shape[1], dtype=ref.dtype, device=ref.device)
+        return self.apply(eye).T
+
+    def transpose(self) -> "LinearOperator":
+        from .algebra import Transposed
+
+        return Transposed(self)
+
+    @property
+    def T(self) -> "LinearOperator":
+        return self.transpose()
+
+    def pinv(self) -> "LinearOperator":
+        """Moore-Penrose pseudo-inverse (dense fallback)."""
+        from .dense import Dense
+
+        return Dense(torch.linalg.pinv(self.materialize()), trainable=False)
+
+    def svd(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-k singular triplets: `U [m, k]`, `S [k]` (descending), `V [n, k]` with `A ~ U diag(S) V^T`."""
+        U, S, Vh = torch.linalg.svd(self.materialize(), full_matrices=False)
+        k = S.numel() if k is None else min(k, S.numel())
+        return U[:, :k], S[:k], Vh[:k].T
+
+    # ----- algebra -----
+
+    def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
+        from .algebra import Product
+
+        return Product(self, other)
+
+    def __add__(self, other: "LinearOperator") -> "LinearOperator":
+        from .algebra import Sum
+
+        return Sum(self, other)
+
+    def __mul__(self, scalar: float) -> "LinearOperator":
+        from .algebra import Scaled
+
+        return Scaled(self, scalar)
+
+    __rmul__ = __mul__
+
+    def extra_repr(self) -> str:
+        m, n = self.shape
+        return f"shape=({m}, {n})"
