@@ -43,6 +43,41 @@ def role_tensor(role: Role, batch: int, device: torch.device) -> Tensor:
     return role.long()
 
 
+def role_index(role: Role, batch: int, num_roles: int, device: torch.device) -> Tensor:
+    """The `[B]` role indices a block with `num_roles` role slots uses.
+
+    A block with a single slot does not condition on the role: every role maps to slot 0.
+
+    Args:
+        role: None, an int or a `[B]` tensor of role flags.
+        batch: the batch size B.
+        num_roles: how many roles the block holds weights for.
+        device: where the result lives.
+
+    Returns:
+        A `[B]` long tensor with values in `[0, num_roles)`.
+
+    Raises:
+        ValueError: a role outside `[0, num_roles)` for a block with several slots.
+    """
+    if num_roles == 1:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if isinstance(role, int) and not 0 <= role < num_roles:
+        raise ValueError(f"role must lie in [0, {num_roles}), got {role}")
+    index = role_tensor(role, batch, device)
+    if isinstance(role, Tensor) and bool(((index < 0) | (index >= num_roles)).any()):
+        raise ValueError(f"role must lie in [0, {num_roles}), got values {sorted(set(index.tolist()))}")
+    return index
+
+
+def check_channels(x: Tensor, channels: int, block: str) -> None:
+    """Raise a ValueError unless `x` is `[B, channels, H, W]` or `[B, channels]`."""
+    if x.dim() not in (2, 4) or x.shape[1] != channels:
+        raise ValueError(
+            f"{block} expects [B, {channels}, H, W] or [B, {channels}] input, got shape {tuple(x.shape)}"
+        )
+
+
 class InvertibleModule(nn.Module):
     """Base class of invertible blocks.
 

@@ -11,8 +11,25 @@ allows; `materialize()` gives the dense `[m, n]` matrix for small sizes and test
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
+
+
+def is_scalar(c: object) -> bool:
+    """True for a real number or a 0-dim tensor: what `c * A` accepts as `c`."""
+    if isinstance(c, Tensor):
+        return c.dim() == 0
+    return isinstance(c, Real) and not isinstance(c, bool)
+
+
+def check_batch(z: Tensor, n: int, owner: "LinearOperator", what: str = "input") -> None:
+    """Raise a ValueError unless `z` is a `[B, n]` batch of row vectors."""
+    if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != n:
+        given = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise ValueError(f"{type(owner).__name__} of shape {tuple(owner.shape)} expects its {what} as a "
+                         f"[B, {n}] tensor, got {given}")
 
 
 class LinearOperator(nn.Module):
@@ -74,21 +91,36 @@ class LinearOperator(nn.Module):
     # ----- algebra -----
 
     def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
         from .algebra import Product
 
         return Product(self, other)
 
     def __add__(self, other: "LinearOperator") -> "LinearOperator":
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
         from .algebra import Sum
 
         return Sum(self, other)
 
-    def __mul__(self, scalar: float) -> "LinearOperator":
+    def __mul__(self, scalar: float | Tensor) -> "LinearOperator":
+        if not is_scalar(scalar):
+            return NotImplemented
         from .algebra import Scaled
 
         return Scaled(self, scalar)
 
-    __rmul__ = __mul__
+    def __rmul__(self, scalar: float | Tensor) -> "LinearOperator":
+        return self.__mul__(scalar)
+
+    def __neg__(self) -> "LinearOperator":
+        return self.__mul__(-1.0)
+
+    def __sub__(self, other: "LinearOperator") -> "LinearOperator":
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return self + (-other)
 
     def extra_repr(self) -> str:
         m, n = self.shape
