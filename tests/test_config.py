@@ -1,0 +1,77 @@
+"""The typed config tree: strict loading, clear errors, overrides, dump/load round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from linearizer.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    dump_config,
+    from_dict,
+    load_config,
+    to_dict,
+)
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = ModelConfig()
+    path = dump_config(cfg, tmp_path / "model.json")
+    assert load_config(ModelConfig, path) == cfg
+    assert isinstance(from_dict(ModelConfig, to_dict(cfg)).image_shape, tuple)
+
+
+def test_nested_values_are_typed():
+    cfg = from_dict(ModelConfig, {"kind": "projective", "image_shape": [3, 16, 16], "flow": {"depth": 2},
+                                  "operator": {"rank": 16, "styles": ["a", "b"]}, "sampler": {"t_end": 0.9}})
+    assert cfg.image_shape == (3, 16, 16) and cfg.flow.depth == 2 and cfg.operator.styles == ["a", "b"]
+    assert cfg.sampler.resolved_t_end() == 0.9
+    assert ModelConfig().sampler.resolved_t_end() == pytest.approx(1 - 1 / 100)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"flow": {"detph": 2}}, r"unknown config key 'flow.detph' \(did you mean 'depth'\?\)"),
+    ({"flow": {"depth": "4"}}, r"flow.depth must be an integer, got str"),
+    ({"flow": {"depth": 2.5}}, r"flow.depth must be an integer"),
+    ({"flow": {"shared": 1}}, r"flow.shared must be true or false"),
+    ({"flow": {"depth": 0}}, r"flow.depth must be >= 1"),
+    ({"flow": {"conditioner": "resnet"}}, r"flow.conditioner must be one of \['unet', 'mlp'\]"),
+    ({"image_shape": [1, 32]}, r"image_shape must have 3 entries"),
+    ({"operator": {"rank": 0}}, r"operator.rank must be >= 1"),
+    ({"operator": {"styles": ["a", "a"]}}, r"duplicates"),
+    ({"sampler": {"t_end": 1.0}}, r"t_end must lie in \(0, 1\)"),
+    ({"loss": {"s": float("nan")}}, r"loss.s must be finite"),
+    ({"flow": 3}, r"flow must be a mapping"),
+])
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ModelConfig, data)
+
+
+def test_overrides():
+    cfg = apply_overrides(TrainConfig(), ["steps=5", "lr=0.01"])
+    assert cfg.steps == 5 and cfg.lr == 0.01
+    with pytest.raises(ConfigError, match="unknown config key 'step'.*did you mean 'steps'"):
+        apply_overrides(TrainConfig(), ["step=5"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(TrainConfig(), ["steps"])
+    with pytest.raises(ConfigError, match="steps must be an integer"):
+        apply_overrides(TrainConfig(), ["steps=many"])
+    nested = apply_overrides(ModelConfig(), ["flow.depth=3", 'operator.styles=["x"]'])
+    assert nested.flow.depth == 3 and nested.operator.styles == ["x"]
+
+
+def test_files(tmp_path):
+    (tmp_path / "c.yaml").write_text("flow:\n  depth: 3\nsampler:\n  method: euler\n")
+    assert load_config(ModelConfig, tmp_path / "c.yaml").sampler.method == "euler"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot parse config file"):
+        load_config(ModelConfig, tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(ModelConfig, tmp_path / "missing.json")
+    dump_config(ModelConfig(), tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())["flow"]["depth"] == 4
