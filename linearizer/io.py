@@ -111,9 +111,10 @@ def load_model(directory: str | Path, dtype: torch.dtype | None = None) -> tuple
 
     cfg = read_model_config(directory)
     model = get_kind(cfg.kind).build(cfg)
-    state_dtype = next(iter(load_file(str(Path(directory) / WEIGHTS)).values())).dtype
-    if state_dtype.is_floating_point:
-        model.to(state_dtype)
+    # Rebuild in the dtype the weights were saved in (integer buffers such as permutations say nothing).
+    floats = [t.dtype for t in load_file(str(Path(directory) / WEIGHTS)).values() if t.is_floating_point()]
+    if floats:
+        model.to(floats[0])
     load_weights(model, Path(directory) / WEIGHTS)
     if dtype is not None:
         model.to(dtype)
