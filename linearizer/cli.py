@@ -19,6 +19,8 @@ from .config import ConfigError
 #: modules that add subcommands, in the order they appear in --help.
 PLUGINS = (
     "linearizer.onestep.cli",
+    "linearizer.projective_cli",
+    "linearizer.style.cli",
     "linearizer.metrics.cli",
 )
 
