@@ -1,0 +1,224 @@
+"""The "style" model kind: its training objective, previews and serving modes.
+
+Objective, per batch of pairs `(x, y, s)` = (content, styled, style index), with
+`z_x = g_x(x)`, `z_y = g_y(y)`, `z_hat = A_s z_x`, `n ~ N(0, I)` and `cfg.loss` weights:
+
+    w_pred    * perceptual(g_y^-1(z_hat), y)     the style itself, in pixels (MSE, or MSE + 1 - SSIM)
+    w_latent  * mse(z_hat, z_y)                  the same in latent space, as the reference
+    w_data    * mse(x, g_x^-1(z_x + s n))         content codes decode robustly: g_x^-1 stays
+    w_noise   * mse(y, g_y^-1(z_y + s n))         ... and g_y^-1 stays well-conditioned near the data
+    w_prior   * mse(x, g_y^-1(z_x))               the identity style: A = I maps content to itself
+
+The first term is what the model is for. The latent term supervises every latent pixel directly
+but can be lowered by shrinking all codes together; the two noisy reconstruction terms forbid
+that (a tiny latent makes `s n` destroy the image), which is why the reference pairs them. The
+last term ties the two roles together on content images, so `A = I` is the identity style and
+composed operators stay close to styles applied in sequence (docs/style.md measures each term).
+
+Example:
+    >>> kind = get_kind("style")
+    >>> model = kind.build(cfg)                                  # cfg.operator.styles = [...]
+    >>> fit(kind, model, TensorBatches(pairs.tensors(), 32), TrainConfig(steps=2000))
+    >>> y = kind.predict(model, x, {"mode": "style", "style": "grade", "strength": 0.5})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError, LossConfig, ModelConfig
+from ..flows import ActNorm
+from ..kinds import register_kind
+from ..perceptual import get_perceptual
+from .algebra import apply_in_sequence, compose_styles, interpolate_styles, with_strength
+from .model import StyleModel
+
+#: parameters each predict mode accepts (beyond "mode"), and their defaults (None: required).
+MODE_PARAMS: dict[str, dict[str, Any]] = {
+    "style": {"style": None, "strength": 1.0},
+    "interpolate": {"style_a": None, "style_b": None, "alpha": 0.5},
+    "compose": {"styles": None, "how": "operator"},
+}
+COMPOSE_HOW = ("operator", "sequential")
+
+
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def _needs_init(model: nn.Module) -> bool:
+    return any(isinstance(m, ActNorm) and not bool(m.initialized.all()) for m in model.modules())
+
+
+def _as_style_model(model: nn.Module) -> StyleModel:
+    if not isinstance(model, StyleModel):
+        raise ValueError(f"the 'style' kind expects a StyleModel, got {type(model).__name__}")
+    return model
+
+
+def style_loss(model: StyleModel, batch: dict[str, Tensor], cfg: LossConfig,
+               generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The weighted objective of the module docstring (terms with weight 0 are not computed).
+
+    Args:
+        model: the style model.
+        batch: `"image"` content `[B, C, H, W]`, `"target"` styled `[B, C, H, W]`, `"style"` `[B]` long.
+        cfg: term weights, the latent noise scale `s` and the perceptual loss.
+        generator: draws the latent noise.
+
+    Returns:
+        (loss, terms): the scalar loss and each unweighted term as a float.
+    """
+    x, y, style = batch["image"], batch["target"], batch["style"]
+    if x.shape != y.shape:
+        raise ValueError(f"batch 'image' and 'target' must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if _needs_init(model):
+        model.initialize(x, y)
+    z_x = model.encode_content(x)
+    z_hat = model.apply_styles(z_x, style.long())
+    terms: dict[str, Tensor] = {}
+    if cfg.w_pred > 0:
+        terms["pred"] = get_perceptual(cfg.perceptual)(model.decode_styled(z_hat), y)
+    z_y = model.encode_styled(y) if (cfg.w_latent > 0 or cfg.w_noise > 0) else None
+    if cfg.w_latent > 0:
+        terms["latent"] = F.mse_loss(z_hat, z_y)
+    if cfg.w_data > 0:
+        terms["content_rec"] = F.mse_loss(model.g_x.inverse((z_x + cfg.s * _noise_like(z_x, generator)).view_as(x)), x)
+    if cfg.w_noise > 0:
+        terms["styled_rec"] = F.mse_loss(model.decode_styled(z_y + cfg.s * _noise_like(z_y, generator)), y)
+    if cfg.w_prior > 0:
+        terms["identity"] = F.mse_loss(model.decode_styled(z_x), x)
+    weights = {"pred": cfg.w_pred, "latent": cfg.w_latent, "content_rec": cfg.w_data, "styled_rec": cfg.w_noise,
+               "identity": cfg.w_prior}
+    if not terms:
+        raise ConfigError("loss: every weight of the style objective is 0 (w_pred, w_latent, w_data, w_noise, w_prior)")
+    loss = sum(weights[k] * v for k, v in terms.items())
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def check_images(model: StyleModel, x: Any, what: str = "inputs") -> Tensor:
+    """Validate a batch of images for `model` and bring it to the model's dtype and device.
+
+    Raises:
+        ValueError: not a tensor, not `[B, C, H, W]` of the model's image shape, not floating
+            point, not finite, or outside [0, 1].
+    """
+    C, H, W = model.image_shape
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} must be a float tensor [B, {C}, {H}, {W}] in [0, 1], got {type(x).__name__}")
+    if x.dim() == 3:
+        raise ValueError(f"{what} must be a batch [B, {C}, {H}, {W}], got one image {list(x.shape)}: use x[None]")
+    if x.dim() != 4 or tuple(x.shape[1:]) != model.image_shape or x.shape[0] == 0:
+        raise ValueError(f"{what} must have shape [B, {C}, {H}, {W}] (this model's image shape), "
+                         f"got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be floating point in [0, 1], got {x.dtype} (divide uint8 images by 255)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what} contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{what} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    ref = next(model.parameters())
+    return x.to(dtype=ref.dtype, device=ref.device)
+
+
+def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with defaults filled in; unknown or missing keys raise."""
+    allowed = MODE_PARAMS[mode]
+    unknown = sorted(set(params) - set(allowed) - {"mode"})
+    if unknown:
+        raise ValueError(f"predict mode {mode!r} takes parameters {sorted(allowed)}, got unknown {unknown}")
+    out = {k: params.get(k, default) for k, default in allowed.items()}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise ValueError(f"predict mode {mode!r} needs parameters {missing}")
+    return out
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(float(value)) < float("inf"):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _style_list(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"styles must be a non-empty list of style names, got {value!r}")
+    return [str(v) for v in value]
+
+
+class StyleKind:
+    """The "style" kind (see `linearizer.kinds.ModelKind`)."""
+
+    name = "style"
+    modes = tuple(MODE_PARAMS)
+    batch_keys = ("image", "target", "style")
+
+    def build(self, cfg: ModelConfig) -> StyleModel:
+        return StyleModel(cfg)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator | None = None
+             ) -> tuple[Tensor, dict[str, float]]:
+        model = _as_style_model(model)
+        return style_loss(model, batch, model.cfg.loss, generator)
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """`n` smooth random colour fields, image i in style `i % len(styles)` (training previews).
+
+        A style model has no content of its own to show, so previews use synthetic content:
+        bicubic upsamplings of random 4x4 colour grids (edges and gradients, no photo needed).
+        """
+        model = _as_style_model(model)
+        C, H, W = model.image_shape
+        ref = next(model.parameters())
+        coarse = torch.rand(n, C, 4, 4, generator=generator, device=generator.device if generator else "cpu")
+        x = F.interpolate(coarse.to(ref), size=(H, W), mode="bicubic", align_corners=False).clamp(0, 1)
+        style = torch.arange(n, device=ref.device) % len(model.styles)
+        return model(x, style).clamp(0, 1)
+
+    def finalize(self, model: nn.Module) -> None:
+        """Nothing to precompute: a style is its operator."""
+        _as_style_model(model).eval()
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: Tensor, params: dict[str, Any]) -> Tensor:
+        """Serve one request; outputs are clamped to [0, 1].
+
+        Modes and parameters:
+            "style": `style` (name), `strength` (default 1; 0 returns the content, see
+                `algebra.with_strength`).
+            "interpolate": `style_a`, `style_b`, `alpha` (default 0.5): operator `(1-a) A_a + a A_b`.
+            "compose": `styles` (list, first applied first), `how`: "operator" (one operator
+                `A_n...A_1`, default) or "sequential" (each style applied to the previous image).
+
+        Raises:
+            ValueError: an unknown mode, style or parameter, or inputs that do not fit the model.
+        """
+        model = _as_style_model(model)
+        mode = params.get("mode", "style")
+        if mode not in MODE_PARAMS:
+            raise ValueError(f"unknown predict mode {mode!r} for kind 'style'; modes: {', '.join(self.modes)}")
+        p = _params(mode, params)
+        x = check_images(model, inputs)
+        if mode == "style":
+            strength = _number(p["strength"], "strength")
+            name = str(p["style"])
+            y = (model.linearizer(name) if strength == 1.0 else with_strength(model, name, strength))(x)
+        elif mode == "interpolate":
+            y = interpolate_styles(model, str(p["style_a"]), str(p["style_b"]), _number(p["alpha"], "alpha"))(x)
+        else:
+            styles = _style_list(p["styles"])
+            if p["how"] not in COMPOSE_HOW:
+                raise ValueError(f"compose 'how' must be one of {list(COMPOSE_HOW)}, got {p['how']!r}")
+            y = compose_styles(model, styles)(x) if p["how"] == "operator" else apply_in_sequence(model, styles, x)
+        return y.clamp(0.0, 1.0)
+
+
+STYLE = register_kind(StyleKind())
