@@ -55,8 +55,9 @@ _KINDS: dict[str, ModelKind] = {}
 #: kinds the library ships, imported on first use so that importing one costs nothing for the rest.
 _BUILTIN = {
     "onestep": "linearizer.onestep.kind",
-    "projective": "linearizer.projective",
+    "projective": "linearizer.projective.kind",
     "style": "linearizer.style.kind",
+    "fm_baseline": "linearizer.baselines.flow_matching",
 }
 
 

@@ -170,13 +170,16 @@ class IdentityPlusLowRank(LinearOperator):
         Returns:
             An IdentityPlusLowRank with the same b and rank <= min(d, k).
         """
-        L, S, R = factored_svd(self.P, self.Q)
+        dtype = self.P.dtype
+        # The small SVD runs in float64 whatever the storage dtype: a float32 factorisation would
+        # itself add errors of ~1e-4 relative at d in the thousands.
+        L, S, R = factored_svd(self.P.double(), self.Q.double())
         # Also drop what is round-off of the factors (e.g. the 1e-16 left of X - X): singular values
-        # within d * eps * |P| |Q| of zero carry no information whatever the largest one is.
-        factor_norms = (torch.linalg.norm(self.P) * torch.linalg.norm(self.Q)).item()
-        noise = self.shape[0] * torch.finfo(S.dtype).eps * factor_norms
+        # within eps * |P| |Q| of zero (eps of the storage dtype) carry no information.
+        factor_norms = (torch.linalg.norm(self.P.double()) * torch.linalg.norm(self.Q.double())).item()
+        noise = torch.finfo(dtype).eps * factor_norms
         s = int((S > max(rtol * S[0].item(), noise)).sum()) if S.numel() else 0
-        return IdentityPlusLowRank(self.b, L[:, :s] * S[:s], R[:, :s])
+        return IdentityPlusLowRank(self.b, (L[:, :s] * S[:s]).to(dtype), R[:, :s].to(dtype))
 
     def low_rank_part(self) -> LowRank:
         """`P Q^T` as a (fixed) LowRank."""
