@@ -1,0 +1,130 @@
+"""Where the pipeline's Ray runs, and the environment every worker inherits.
+
+Two ways to run:
+
+- embedded (default): no `RAY_ADDRESS`, so the driver starts a local Ray bound to loopback
+  only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which must be set before Ray is first imported:
+  call `prepare_environment` at the top of an entry point) and shuts it down when done;
+- cluster: `RAY_ADDRESS=<head>:<port>` (or `address=`) connects to a running cluster; only the
+  driver's connection is closed at the end.
+
+Workers get telemetry switched off and the variables listed in `FORWARDED` (when the driver has
+them), through the Ray Train worker runtime environment.
+
+Example:
+    >>> prepare_environment()
+    >>> with ray_session() as where:
+    ...     TorchTrainer(...).fit()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import REPO_ROOT
+
+#: telemetry and usage reporting off, from the first call of every process.
+QUIET = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+#: driver variables a worker needs to behave the same (network interfaces, JIT cache, paths).
+FORWARDED = (
+    "DS_ACCELERATOR", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR", "PYTHONPATH",
+    "NO_PROXY", "no_proxy", "HF_HOME", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_TOKEN",
+)
+#: DeepSpeed JIT-builds a communication op once per extensions directory; keep it stable.
+DEFAULT_EXTENSIONS_DIR = REPO_ROOT / ".cache" / "torch_extensions"
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join: `address`, else `$RAY_ADDRESS`, else None (embedded)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def prepare_environment(address: str | None = None, use_gpu: bool = False) -> None:
+    """Set process-wide defaults before Ray, DeepSpeed or MLflow are imported.
+
+    Telemetry off; the DeepSpeed JIT cache at a stable path; on CPU `DS_ACCELERATOR=cpu`; and in
+    embedded mode loopback-only Ray. Variables the user has set are left alone.
+    """
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cluster_address(address) is None:
+        # Without it Ray registers the machine's external address and listens on every interface.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def worker_env(tracking_uri: str | None, use_gpu: bool) -> dict[str, str]:
+    """Environment variables for Ray Train workers (`RunConfig.worker_runtime_env`)."""
+    env = {k: os.environ[k] for k in FORWARDED if k in os.environ}
+    env.update(QUIET)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
+    if not use_gpu:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+    """Use the Ray this process already has, join a cluster, or start an embedded one.
+
+    Args:
+        address: cluster address; None reads `$RAY_ADDRESS`; neither starts embedded Ray.
+        num_cpus: CPUs of an embedded Ray (None: all of the machine's).
+
+    Yields:
+        "existing", the cluster address, or "embedded".
+
+    Ray is shut down on exit only when this call initialised it, also when the body raises:
+    a driver that dies without `ray.shutdown` leaves worker actors behind.
+    """
+    prepare_environment(address)
+    import ray
+
+    if ray.is_initialized():
+        yield "existing"
+        return
+    address = cluster_address(address)
+    if address is not None:
+        ray.init(address=address)
+        where = address
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        where = "embedded"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def node_placement() -> dict[str, object]:
+    """Where the calling Ray worker runs: node id and address, host name and pid."""
+    import socket
+
+    import ray
+
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def resolve_local(path: str | None) -> str | None:
+    """An absolute local path (URIs such as `s3://...` pass through), as workers on other nodes
+    or in other working directories must see it."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).resolve())

@@ -1,0 +1,365 @@
+"""The globally projective model `f = g^-1 P g`: exact idempotency everywhere, orthogonality in the
+induced space, the Linearizer algebra it inherits, training, save/load, serving and its uses.
+
+Idempotency is claimed for every input and every parameter value, so the suites perturb all
+parameters away from their identity-like initialisation and feed inputs far from any data
+(noise, noise x10, uniform noise, constants), in float64 to 1e-12.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from linearizer import projective_cli
+from linearizer.config import ConfigError, TrainConfig
+from linearizer.io import load_model, save_model
+from linearizer.kinds import get_kind
+from linearizer.projective import (
+    KIND,
+    ProjectiveModel,
+    add_noise,
+    apply_mask,
+    box_mask,
+    denoise,
+    fixed_point_error,
+    idempotency_error,
+    inpaint,
+    projective_config,
+    projective_loss,
+    random_mask,
+    sliced_wasserstein_gaussian,
+)
+from linearizer.projective.inputs import INPUTS, make_inputs
+from linearizer.training import TensorBatches, fit
+
+SHAPE = (1, 8, 8)
+RANK = 4
+VARIANTS = {"symmetric": True, "oblique": False}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these shapes are too small to share, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(symmetric: bool = True, shape: tuple[int, int, int] = SHAPE, rank: int = RANK):
+    return projective_config(rank=rank, symmetric=symmetric, depth=2, hidden=8, image_shape=shape)
+
+
+def data_like(n: int, shape=SHAPE, seed: int = 0) -> Tensor:
+    """Smooth blobs in [0, 1]: stand-ins for images when no dataset is needed."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, shape[0], shape[1] // 2, shape[2] // 2, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False)
+
+
+def perturbed_model(symmetric: bool, dtype=torch.float64, seed: int = 0, scale: float = 0.05) -> ProjectiveModel:
+    """An initialised model whose every parameter is moved off its initial value (frozen: the
+    tests read values, not gradients)."""
+    torch.manual_seed(seed)
+    model = ProjectiveModel(tiny_config(symmetric))
+    model.initialize(data_like(32, seed=seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def inputs_of(kind: str, n: int = 6, dtype=torch.float64) -> Tensor:
+    g = torch.Generator().manual_seed(7)
+    if kind == "noise":
+        x = torch.randn(n, *SHAPE, generator=g)
+    elif kind == "noise_x10":
+        x = 10 * torch.randn(n, *SHAPE, generator=g)
+    elif kind == "uniform":
+        x = torch.rand(n, *SHAPE, generator=g)
+    elif kind == "constant":
+        x = torch.full((n, *SHAPE), 0.5) + torch.arange(n).view(-1, 1, 1, 1)
+    else:
+        x = data_like(n, seed=3)
+    return x.to(dtype)
+
+
+def rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).flatten(1).norm(dim=1).max() / b.flatten(1).norm(dim=1).min())
+
+
+# ----- exact idempotency -----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_projector_core_is_idempotent(variant, seed):
+    P = perturbed_model(VARIANTS[variant], seed=seed).P
+    M = P.materialize()
+    assert torch.linalg.matrix_rank(M) == RANK
+    assert float((M @ M - M).norm() / M.norm()) <= 1e-12
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["noise", "noise_x10", "uniform", "constant", "data"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_f_is_idempotent_on_every_input(variant, kind, seed):
+    model = perturbed_model(VARIANTS[variant], seed=seed)
+    x = inputs_of(kind)
+    y = model(x)
+    assert rel(y, x) > 1e-3  # f really moves these inputs: the check below is not about a fixed input
+    assert rel(model(y), y) <= 1e-12
+    assert float(idempotency_error(model, x).max()) <= 1e-12
+
+
+def test_idempotency_in_float32_is_round_off():
+    model = perturbed_model(True, dtype=torch.float32)
+    assert float(idempotency_error(model, inputs_of("noise", dtype=torch.float32)).max()) <= 1e-5
+
+
+# ----- orthogonality in the induced Hilbert space -----
+
+
+def residual_cosines(model: ProjectiveModel, x: Tensor, y: Tensor) -> Tensor:
+    """cos of the induced angle between `x (-) f(x)` and `f(y)`, for every pair (x_i, y_j)."""
+    X = model.as_linearizer().X
+    r = X.encode(X.sub(x, model(x)))
+    m = X.encode(model(y))
+    return (r @ m.T) / (r.norm(dim=1)[:, None] * m.norm(dim=1)[None, :])
+
+
+def test_symmetric_projection_is_orthogonal_in_the_induced_space():
+    model = perturbed_model(True)
+    x, y = inputs_of("noise"), inputs_of("uniform")
+    assert float(residual_cosines(model, x, y).abs().max()) <= 1e-10
+    # Pythagoras, and f(x) is the nearest point of range f to x in the induced distance.
+    X = model.as_linearizer().X
+    fx = model(x)
+    assert torch.allclose(X.norm(x) ** 2, X.norm(fx) ** 2 + X.dist(x, fx) ** 2, rtol=1e-10)
+    others = model(inputs_of("noise_x10"))
+    assert bool((X.dist(x, fx) <= X.dist(x, others) + 1e-12).all())
+
+
+def test_oblique_projection_is_not_orthogonal():
+    # The same measurement on an oblique projector is far from zero: the test above can fail.
+    model = perturbed_model(False, scale=0.5)
+    assert float(residual_cosines(model, inputs_of("noise"), inputs_of("uniform")).abs().max()) > 1e-2
+
+
+# ----- the Linearizer algebra -----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_as_linearizer_is_the_same_map_with_its_algebra(variant):
+    model = perturbed_model(VARIANTS[variant])
+    L = model.as_linearizer()
+    x = inputs_of("noise")
+    assert L.g_x is L.g_y and L.g_x.same_map(L.g_y)
+    assert torch.equal(L(x), model(x))
+    assert rel(L.power(3)(x), model(x)) <= 1e-12  # P^3 = P
+    assert rel((L @ L)(x), model(x)) <= 1e-12
+    values, vectors = L.eig(RANK)
+    assert torch.allclose(values, torch.ones(RANK, dtype=values.dtype), atol=1e-10)
+    assert rel(model(vectors), vectors) <= 1e-10  # eigenvalue 1: fixed points
+
+
+# ----- training -----
+
+
+def tiny_training(weights: list[str], steps: int = 30) -> tuple[ProjectiveModel, list[dict], float, float]:
+    """Train a tiny model on 256 MNIST digits (16x16); returns it, its history and the mean
+    relative fixed-point error on those digits before (after initialisation) and after."""
+    from linearizer.config import apply_overrides
+    from linearizer.data.mnist import load_mnist
+
+    images, _ = load_mnist("train", size=16, limit=256)
+    torch.manual_seed(0)
+    kind = get_kind("projective")
+    model = kind.build(apply_overrides(tiny_config(shape=(1, 16, 16), rank=8), weights))
+    model.initialize(images[:64])
+    before = float(fixed_point_error(model.eval(), images).mean())
+    history = fit(kind, model, TensorBatches({"image": images}, 32, seed=0),
+                  TrainConfig(steps=steps, batch_size=32, lr=2e-3), progress=False)
+    return model, history, before, float(fixed_point_error(model, images).mean())
+
+
+def test_tiny_training_lowers_the_fixed_point_error():
+    # The fixed-point terms alone (the code-matching terms first reshape the codes, which costs
+    # reconstruction for the first few hundred steps: see docs/projective.md).
+    model, history, before, after = tiny_training(["loss.w_prior=0", "loss.w_noise=0"])
+    assert len(history) == 30
+    assert after < 0.95 * before, (before, after)
+    # still a projector, exactly, after training
+    assert float(idempotency_error(model.double(), torch.randn(4, 1, 16, 16, dtype=torch.float64)).max()) <= 1e-12
+
+
+def test_tiny_training_of_the_full_objective_matches_the_codes():
+    _, history, _, _ = tiny_training([])
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.75 * first["loss"], (first, last)
+    assert last["prior_data"] < 0.5 * first["prior_data"], (first, last)
+    assert last["prior_noise"] < first["prior_noise"], (first, last)
+
+
+def test_loss_terms_and_gradients_reach_every_parameter():
+    # perturbed: a fresh coupling's zero output layer would stop the gradient to its conditioner
+    model = perturbed_model(False, dtype=torch.float32).train().requires_grad_(True)
+    loss, terms = projective_loss(model, data_like(16), torch.Generator().manual_seed(0))
+    assert set(terms) == {"pixel", "latent", "prior_data", "prior_noise", "loss"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not missing
+
+
+def test_sliced_wasserstein_to_the_gaussian():
+    B = 64
+    quantiles = torch.special.ndtri((torch.arange(B, dtype=torch.float64) + 0.5) / B)
+    # 1-D codes on the exact quantiles: zero for both signs of the only direction.
+    assert float(sliced_wasserstein_gaussian(quantiles[:, None])) <= 1e-24
+    g = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(4096, 8, generator=g, dtype=torch.float64)
+    assert float(sliced_wasserstein_gaussian(gaussian, generator=g)) < 0.01
+    assert float(sliced_wasserstein_gaussian(gaussian + 2.0, generator=g)) > 1.0
+    assert float(sliced_wasserstein_gaussian(0.1 * gaussian, generator=g)) > 0.5
+    with pytest.raises(ValueError, match=r"\[B, k\]"):
+        sliced_wasserstein_gaussian(torch.zeros(1, 3))
+
+
+def test_rank_above_dimension_is_a_config_error():
+    with pytest.raises(ConfigError, match="rank"):
+        ProjectiveModel(tiny_config(rank=65))
+
+
+# ----- save / load -----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_is_bit_exact_and_keeps_exact_idempotency(tmp_path: Path, variant):
+    model = perturbed_model(VARIANTS[variant], dtype=torch.float32)
+    save_model(model, model.cfg, tmp_path / "m")
+    loaded, cfg = load_model(tmp_path / "m")
+    assert cfg.kind == "projective" and isinstance(loaded, ProjectiveModel)
+    x = inputs_of("noise", dtype=torch.float32)
+    assert torch.equal(loaded(x), model(x))
+    loaded64, _ = load_model(tmp_path / "m", dtype=torch.float64)
+    assert float(idempotency_error(loaded64, inputs_of("noise_x10")).max()) <= 1e-12
+
+
+# ----- serving -----
+
+
+def test_kind_is_registered_and_serves_both_modes():
+    kind = get_kind("projective")
+    assert kind is KIND and set(kind.modes) == {"project", "sample"} and kind.batch_keys == ("image",)
+    model = perturbed_model(True)
+    x = inputs_of("noise")
+    y = kind.predict(model, x, {"mode": "sample"})
+    assert torch.equal(y, model(x))
+    assert rel(kind.predict(model, y, {"mode": "project"}), y) <= 1e-12  # a served projection stays put
+    clamped = kind.predict(model, 10 * x, {"mode": "project", "clamp": True})
+    assert float(clamped.min()) >= 0 and float(clamped.max()) <= 1
+    samples = kind.samples(model, 3, torch.Generator().manual_seed(0))
+    assert samples.shape == (3, *SHAPE) and float(samples.min()) >= 0 and float(samples.max()) <= 1
+    kind.finalize(model)  # a no-op: nothing to cache
+    assert torch.equal(kind.predict(model, x, {"mode": "sample"}), y)
+
+
+@pytest.mark.parametrize("inputs, params, match", [
+    ([[0.0]], {"mode": "project"}, "torch.Tensor"),
+    (torch.zeros(2, *SHAPE, dtype=torch.uint8), {"mode": "project"}, "floating-point"),
+    (torch.zeros(2, 3, 8, 8), {"mode": "project"}, r"shape \[N, 1, 8, 8\]"),
+    (torch.zeros(1, 8, 8), {"mode": "sample"}, r"shape \[N, 1, 8, 8\]"),
+    (torch.zeros(0, *SHAPE), {"mode": "project"}, "N >= 1"),
+    (torch.full((2, *SHAPE), float("nan")), {"mode": "project"}, "NaN"),
+    (torch.full((2, *SHAPE), float("inf")), {"mode": "sample"}, "infinite"),
+    (torch.zeros(2, *SHAPE), {"mode": "invert"}, "mode"),
+    (torch.zeros(2, *SHAPE), {}, "mode"),
+    (torch.zeros(2, *SHAPE), "project", "dict"),
+    (torch.zeros(2, *SHAPE), {"mode": "project", "steps": 3}, "unknown"),
+    (torch.zeros(2, *SHAPE), {"mode": "project", "clamp": 1}, "clamp"),
+])
+def test_predict_validates_inputs(inputs, params, match):
+    with pytest.raises(ValueError, match=match):
+        KIND.predict(perturbed_model(True), inputs, params)
+
+
+# ----- uses -----
+
+
+def test_denoise_and_inpaint_are_projections():
+    model = perturbed_model(True)
+    x = data_like(4, seed=5).double()
+    noisy = add_noise(x, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(denoise(model, noisy), model(noisy))
+
+    mask = box_mask(x.shape, top=2, left=2, size=4, dtype=torch.float64)
+    masked = apply_mask(x, mask)
+    assert bool((masked[:, :, 2:6, 2:6] == 0).all()) and torch.equal(masked * mask, x * mask)
+    assert torch.equal(inpaint(model, masked, mask, iterations=1), model(masked))
+    filled = inpaint(model, masked, mask, iterations=5)
+    assert rel(model(filled), filled) <= 1e-12  # the default output lies on the set
+    pasted = inpaint(model, masked, mask, iterations=5, reimpose=True)
+    assert torch.equal(pasted * mask, x * mask)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: add_noise(torch.zeros(1, *SHAPE), -0.1), "sigma"),
+    (lambda: box_mask((1, *SHAPE), top=6, left=0, size=4), "inside"),
+    (lambda: box_mask(SHAPE, top=0, left=0, size=2), r"\[N, C, H, W\]"),
+    (lambda: random_mask((1, *SHAPE), 1.5), "p_missing"),
+    (lambda: apply_mask(torch.zeros(2, *SHAPE), torch.ones(3, *SHAPE)), "mask"),
+    (lambda: inpaint(perturbed_model(True), torch.zeros(1, *SHAPE, dtype=torch.float64), torch.ones(1, *SHAPE), 0),
+     "iterations"),
+    (lambda: make_inputs("faces", 2), "input set"),
+    (lambda: make_inputs("mnist", 2, (3, 32, 32)), "grey digits"),
+])
+def test_uses_validate_their_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_random_mask_drops_about_the_asked_fraction():
+    mask = random_mask((64, 1, 16, 16), 0.25, torch.Generator().manual_seed(0))
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert abs(float(1 - mask.mean()) - 0.25) < 0.02
+
+
+@pytest.mark.parametrize("name", [n for n in INPUTS if n not in ("mnist", "noisy", "masked")])
+def test_offline_input_sets_have_the_model_shape(name):
+    probe = make_inputs(name, 3, (1, 16, 16), torch.Generator().manual_seed(0))
+    assert probe.inputs.shape == (3, 1, 16, 16) and probe.inputs.dtype == torch.float32
+    assert bool(torch.isfinite(probe.inputs).all())
+
+
+# ----- command line -----
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="linearizer")
+    projective_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_cli_trains_saves_and_projects(tmp_path: Path, capsys):
+    out = tmp_path / "model"
+    assert run_cli("project", "train", "--out", str(out), "--steps", "3", "--batch-size", "16", "--limit", "64",
+                   "--rank", "4", "--set", "image_shape=[1,16,16]", "--set", "flow.depth=1",
+                   "--set", "flow.hidden=8") == 0
+    assert (out / "config.json").is_file() and (out / "samples.png").is_file()
+    for name in ("noise", "masked"):
+        png = tmp_path / f"{name}.png"
+        assert run_cli("project", "--model", str(out), "--input", name, "--n", "4", "--iterations", "2",
+                       "--out", str(png)) == 0
+        assert png.is_file()
+    printed = capsys.readouterr().out
+    assert "idempotency max" in printed and "PSNR vs clean" in printed
+    with pytest.raises(ValueError, match="--model"):
+        run_cli("project", "--input", "noise")
