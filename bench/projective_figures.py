@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from linearizer.config import TrainConfig, apply_overrides
 from linearizer.data.mnist import load_mnist
 from linearizer.io import load_model, save_model
 from linearizer.kinds import get_kind
@@ -77,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def until(deadline: float, batches: Iterator[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
-    """Pass batches on until the wall clock reaches `deadline` (fit stops when they run out)."""
-    for batch in batches:
-        if time.perf_counter() >= deadline:
+    """Pass batches on until the wall clock reaches `deadline` (fit stops when they run out);
+    the first batch always passes, so every run trains at least one step."""
+    for i, batch in enumerate(batches):
+        if i and time.perf_counter() >= deadline:
             return
         yield batch
 
@@ -92,8 +94,7 @@ def random_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[dict[
 
 
 def train(args: argparse.Namespace, rank: int, images: Tensor) -> tuple[torch.nn.Module, dict]:
-    from linearizer.config import TrainConfig, apply_overrides
-
+    """Train one rank within the budget, save it and reload it (the measured model is the saved one)."""
     cfg = projective_config(rank=rank, symmetric=not args.oblique, depth=args.depth, hidden=args.hidden)
     cfg = apply_overrides(cfg, args.set) if args.set else cfg
     kind = get_kind("projective")
@@ -124,7 +125,8 @@ def batched(fn, x: Tensor, size: int = 250) -> Tensor:
 
 
 @torch.no_grad()
-def measure(model, args: argparse.Namespace, test: Tensor, train_images: Tensor, extractor) -> dict:
+def measure(model, args: argparse.Namespace, test: Tensor, extractor) -> dict:
+    """Every number of one rank's column in docs/projective.md."""
     device, n = args.device, args.eval_n
     gen = lambda: torch.Generator().manual_seed(args.seed + 1)  # noqa: E731 - the same draws for every rank
     shape = tuple(model.image_shape)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for rank in args.ranks:
         model, trained = train(args, rank, train_images)
-        record = {"training": trained, **measure(model, args, test, train_images, extractor)}
+        record = {"training": trained, **measure(model, args, test, extractor)}
         path = figure(model, args, Path(args.figure_dir) / f"projective_k{rank}.png")
         record["figure"] = str(path)
         report["ranks"][str(rank)] = record

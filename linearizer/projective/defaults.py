@@ -2,9 +2,9 @@
 
 `LossConfig`'s defaults (every weight 1) are the one-step objective's. The projective terms live
 on different scales: a pixel MSE of a good reconstruction is ~1e-2, while a sliced-Wasserstein
-term of a batch of 64 codes cannot go below ~1e-2 (the sampling noise of 64 sorted values), so
-with equal weights the code-matching terms would outweigh the fixed-point term that makes data
-reconstructions sharp. The weights below put the pixel term first.
+term cannot go below its sampling noise (exact N(0, I) samples score 0.041 in batches of 64,
+0.022 in batches of 128), so with equal weights the code-matching terms would outweigh the
+fixed-point term that makes data reconstructions sharp. The weights below put the pixel term first.
 
 The flow's coupling log-scales are clamped to +-1 (the one-step default is +-5). Idempotency is
 exact in exact arithmetic; in floating point `f(f(x)) - f(x)` is the round-off of
