@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,34 @@ class ModelKind(Protocol):
 
     def predict(self, model: nn.Module, inputs: Tensor, params: dict[str, Any]) -> Tensor:
         """Serve one request: `params["mode"]` picks the operation; inputs/outputs are images."""
+
+
+def served(predict: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorate a kind's `predict` with the checks every served request gets.
+
+    `params` must be a dict (the kind validates its own modes and keys), and the answer must be
+    finite: a model whose network overflows raises instead of handing back NaN images (a
+    `clamp(0, 1)` would keep them).
+
+    Example:
+        >>> class MyKind:
+        ...     @served
+        ...     def predict(self, model, inputs, params): ...
+    """
+
+    @functools.wraps(predict)
+    def checked(self: Any, model: nn.Module, inputs: Tensor, params: dict[str, Any]) -> Tensor:
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a dict with a 'mode' key, got {type(params).__name__}")
+        out = predict(self, model, inputs, params)
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise FloatingPointError(f"{self.name} predict (mode {params.get('mode')!r}) produced {bad} non-finite "
+                                     f"values of {out.numel()}: the model overflowed on these inputs (weights or "
+                                     f"inputs out of range); refusing to return them")
+        return out
+
+    return checked
 
 
 _KINDS: dict[str, ModelKind] = {}

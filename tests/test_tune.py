@@ -350,9 +350,14 @@ def test_sweep_tracks_stops_early_registers_the_best_and_resumes(ray_local, mlfl
     from pipelines.tune import run_sweep
     from pipelines.tune_config import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
+    def held_groups() -> set[str]:
+        return {k for k, v in ray_local.util.placement_group_table().items() if v["state"] != "REMOVED"}
+
     cfg = from_dict(SweepConfig, sweep_dict(tmp_path, shards, "tune-sweep", mlflow_store.tracking_uri,
                                             mlflow_store.artifact_location))
+    groups_before = held_groups()
     outcome = run_sweep(apply_overrides(cfg, ["max_concurrent_trials=null"]))
+    assert held_groups() <= groups_before  # stopped trials' workers gave their CPUs back
     client = MlflowClient(mlflow_store.tracking_uri)
     rows = outcome.trials
     assert not outcome.resumed and not outcome.interrupted

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, ModelConfig
-from ..kinds import register_kind
+from ..kinds import register_kind, served
 from ..operators.time_lowrank import sinusoidal_embedding
 
 METHODS = ("euler", "rk4")
@@ -312,6 +312,7 @@ class FlowMatchingKind:
         """Nothing to precompute: every sample integrates the network anew."""
 
     @torch.no_grad()
+    @served
     def predict(self, model: FlowMatchingBaseline, inputs: Tensor, params: dict[str, Any]) -> Tensor:
         """Serve a "sample" request.
 
@@ -319,9 +320,8 @@ class FlowMatchingKind:
             ValueError: an unknown mode or param, or inputs that are not finite noise of the
                 model's image shape.
         """
-        if not isinstance(params, dict) or params.get("mode") not in self.modes:
-            got = params.get("mode") if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"params must be a dict with mode in {list(self.modes)}, got {got!r}")
+        if params.get("mode") not in self.modes:
+            raise ValueError(f"params['mode'] must be one of {list(self.modes)}, got {params.get('mode')!r}")
         unknown = sorted(set(params) - {"mode", "steps", "method", "t_end"})
         if unknown:
             raise ValueError(f"mode 'sample' accepts params ['steps', 'method', 't_end'], got unknown {unknown}")

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..kinds import register_kind
-from .inversion import interpolate, invert, reconstruct
+from ..kinds import register_kind, served
+from .inversion import SOLVES, interpolate, invert, reconstruct
 from .model import OneStepLinearizer, noise_like
 from .objective import onestep_loss
 
@@ -86,6 +86,7 @@ class OneStepKind:
         model.build_B()
 
     @torch.no_grad()
+    @served
     def predict(self, model: OneStepLinearizer, inputs: Tensor, params: dict[str, Any]) -> Tensor:
         """Serve one request (see the module docstring for modes, inputs and params).
 
@@ -93,8 +94,6 @@ class OneStepKind:
             ValueError: an unknown mode or param, malformed inputs, or B not built for a mode
                 that needs it.
         """
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a dict with a 'mode' key, got {type(params).__name__}")
         mode = params.get("mode")
         if mode not in MODE_PARAMS:
             raise ValueError(f"params['mode'] must be one of {list(MODE_PARAMS)}, got {mode!r}")
@@ -114,6 +113,8 @@ class OneStepKind:
             x = model.sample_multistep(x0, params.get("method"), params.get("steps"), params.get("t_end"))
             return x.clamp(0, 1)
         solve = params.get("solve", "inverse")
+        if solve not in SOLVES:  # checked here too: interpolation in the induced space never reaches a solve
+            raise ValueError(f"solve must be one of {list(SOLVES)}, got {solve!r}")
         if mode == "invert":
             return invert(model, _check_images(model, inputs, "invert inputs (images)", True), solve)
         if mode == "reconstruct":

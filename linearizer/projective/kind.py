@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..kinds import register_kind
+from ..kinds import register_kind, served
 from .model import ProjectiveModel
 from .objective import gaussian_noise, projective_loss
 from .uses import check_images
@@ -61,6 +61,7 @@ class ProjectiveKind:
         """Nothing to build: `P`'s basis is one `d x k` QR per call, and `f` needs no cache."""
 
     @torch.no_grad()
+    @served
     def predict(self, model: ProjectiveModel, inputs: Tensor, params: dict[str, Any]) -> Tensor:
         """Serve one request (see the module docstring for modes, inputs and params).
 
@@ -68,8 +69,6 @@ class ProjectiveKind:
             ValueError: an unknown mode or param, a non-bool `clamp`, or malformed inputs
                 (not a tensor, not floating point, wrong shape, NaN or inf).
         """
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a dict with a 'mode' key, got {type(params).__name__}")
         mode = params.get("mode")
         if mode not in MODE_PARAMS:
             raise ValueError(f"params['mode'] must be one of {list(MODE_PARAMS)}, got {mode!r}")

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, LossConfig, ModelConfig
 from ..flows import ActNorm
-from ..kinds import register_kind
+from ..kinds import register_kind, served
 from ..perceptual import get_perceptual
 from .algebra import apply_in_sequence, compose_styles, interpolate_styles, with_strength
 from .model import StyleModel
@@ -188,6 +188,7 @@ class StyleKind:
         _as_style_model(model).eval()
 
     @torch.no_grad()
+    @served
     def predict(self, model: nn.Module, inputs: Tensor, params: dict[str, Any]) -> Tensor:
         """Serve one request; outputs are clamped to [0, 1].
 

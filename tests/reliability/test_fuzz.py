@@ -57,17 +57,6 @@ SPECS = {
 BUILDERS = {"onestep": lambda: onestep_model(0), "projective": projective_model, "style": style_model}
 
 
-def known_gap(kind_name: str, params, what: str) -> str | None:
-    """Bad requests the kinds accept or refuse uncleanly today (docs/reliability.md, "Gaps");
-    each has a strict-xfail test below that starts to pass, and fail, once it is fixed."""
-    if kind_name == "style" and not isinstance(params, dict):
-        return "style predict: params that are not a dict raise AttributeError"
-    if (kind_name == "onestep" and isinstance(params, dict) and params.get("mode") == "interpolate"
-            and what.startswith("param solve") and params.get("space", "induced") == "induced"):
-        return "onestep interpolate: solve is not validated when space='induced' (it is unused there)"
-    return None
-
-
 def _report(verdicts, what: str) -> str:
     bad = [v for v in verdicts if not v.clean]
     reasons = Counter(v.why.split(":")[0] for v in bad)
@@ -91,31 +80,22 @@ def test_predict_refuses_every_bad_request_cleanly(kind_name, figures):
         y = kind.predict(model, x, {"mode": spec.mode, **spec.params})
         assert bool(y.isfinite().all())
     rng = random.Random(f"predict-{kind_name}")
-    verdicts, gaps = [], Counter()
+    verdicts = []
     for i in range(CASES_PER_KIND):
         spec = rng.choice(SPECS[kind_name])
         x, params, what = bad_request(shape, spec, rng)
-        verdict = judge(f"#{i} {kind_name}/{spec.mode}: {what}", lambda: kind.predict(model, x, params))
-        gap = known_gap(kind_name, params, what)
-        if gap is not None and not verdict.clean:
-            gaps[gap] += 1
-            continue
-        verdicts.append(verdict)
-    figures.count("bad_predict_inputs_tried", len(verdicts) + sum(gaps.values()))
+        verdicts.append(judge(f"#{i} {kind_name}/{spec.mode}: {what}", lambda: kind.predict(model, x, params)))
+    figures.count("bad_predict_inputs_tried", len(verdicts))
     figures.count("bad_predict_inputs_clean", sum(v.clean for v in verdicts))
-    figures.count("bad_predict_inputs_known_gaps", sum(gaps.values()))
     assert all(v.clean for v in verdicts), _report(verdicts, "predict requests")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="gap: linearizer/style/kind.py predict calls "
-                   "params.get without checking that params is a dict (the other kinds do)")
 def test_style_predict_refuses_params_that_are_not_a_dict():
     model, _ = style_model()
     with pytest.raises(ValueError, match="params must be a dict"):
         get_kind("style").predict(model, torch.rand(1, 3, 16, 16), None)
 
 
-@pytest.mark.xfail(strict=True, reason="gap: onestep interpolate validates solve only when space='noise'")
 def test_onestep_interpolate_validates_solve_in_every_space():
     model, _ = onestep_model(0)
     with pytest.raises(ValueError, match="solve must be one of"):

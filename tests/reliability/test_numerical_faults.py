@@ -80,8 +80,6 @@ SAMPLING = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="gap: predict of every kind returns NaN images when g overflows "
-                   "(clamp(0, 1) keeps NaN); neither the kinds nor the served pyfunc check their output")
 @pytest.mark.parametrize("kind_name, build, shape, params", SAMPLING, ids=[f"{k}-{p['mode']}" for k, _, _, p in SAMPLING])
 def test_sampling_refuses_to_return_non_finite_images(kind_name, build, shape, params):
     model, _ = build()
