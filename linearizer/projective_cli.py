@@ -112,7 +112,9 @@ def cmd_project(args: argparse.Namespace) -> int:
     path = save_grid(torch.cat([probe.inputs, outputs.float()]), args.out, nrow=nrow)
     report = f"wrote {path}: {args.n} {args.input} inputs above, projections below; " \
              f"idempotency max {float(idempotency_error(model, outputs).max()):.2e}"
-    if probe.clean is not None:
+    if probe.clean is probe.inputs:
+        report += f"; PSNR of projections vs inputs {float(psnr(outputs.float().clamp(0, 1), probe.clean)):.2f} dB"
+    elif probe.clean is not None:
         before = float(psnr(probe.inputs.clamp(0, 1), probe.clean))
         after = float(psnr(outputs.float().clamp(0, 1), probe.clean))
         report += f"; PSNR vs clean {before:.2f} dB -> {after:.2f} dB"

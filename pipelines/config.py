@@ -143,7 +143,8 @@ class DistributedConfig:
         _check(self.num_workers >= 1, f"{path}.num_workers must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, f"{path}.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         _check(0 <= self.zero_stage <= 3, f"{path}.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        _check(self.max_failures >= -1, f"{path}.max_failures must be >= -1 (-1: retry forever), got {self.max_failures}")
+        _check(self.max_failures >= -1,
+               f"{path}.max_failures must be >= -1 (-1: retry forever), got {self.max_failures}")
         _check(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         rank = self.fault_injection.rank
         _check(rank is None or rank < self.num_workers,

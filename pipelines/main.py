@@ -10,8 +10,9 @@ Runs on embedded defaults (`EMBEDDED`; `--full` applies `FULL` on top, `--set` c
 2. a small one-step Linearizer trained by Ray Train on 2 CPU workers with DeepSpeed ZeRO-1,
    tracked in MLflow (`runs/mlflow.db`), checkpointed and resumable under the same name;
 3. registered as a new version of `linearizer-onestep` with the alias `challenger`;
-4. evaluated in this process: agreement of one-step and 100-step samples from the same noise
-   (PSNR, dB), a sample grid, and FID against held-out images when the metrics package is there;
+4. evaluated from the registry by `pipelines.evaluate` like any downstream job: one-step vs
+   100-step agreement (PSNR, dB), FID with its extractor named, samples/s, a sample grid, an
+   evaluation run linked to the version, and the promotion decision (`champion`);
 5. `runs/<name>/report.md` says what happened and where to look.
 
 With `RAY_ADDRESS` / `MLFLOW_TRACKING_URI` set, the same job runs on a cluster (docs/pipeline.md).
@@ -27,14 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from linearizer.config import ConfigError
-from linearizer.io import load_model
-from linearizer.kinds import get_kind
 
 from .config import JobConfig, config_hash, load_job_config
+from .evaluate import EvalOutcome, load_eval_config
+from .evaluate import evaluate as evaluate_registered
 from .runtime import prepare_environment
 from .tracking import RankZero, redact_uri, resolve_tracking
 from .train import TrainOutcome, train
@@ -71,68 +69,22 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def heldout_images(cfg: JobConfig, n: int) -> Tensor | None:
-    """Up to `n` images of the held-out shard set, in shard order (None without one)."""
-    from .data import load_manifest, make_webdataset, shard_urls
+def evaluate(cfg: JobConfig, outcome: TrainOutcome, overrides: list[str] | None = None) -> EvalOutcome:
+    """The registry's one-step sampling evaluation (`pipelines.evaluate`) of the version just trained.
 
-    prefix = cfg.data.heldout_prefix
-    if prefix is None:
-        return None
-    urls = shard_urls(cfg.data.shards, prefix)
-    schema = load_manifest(cfg.data.shards, prefix).schema
-    images, count = [], 0
-    for batch in make_webdataset(urls, batch_size=min(n, 250), shuffle=False, schema=schema):
-        images.append(batch["image"])
-        count += batch["image"].shape[0]
-        if count >= n:
-            break
-    return torch.cat(images)[:n] if images else None
-
-
-def evaluate(cfg: JobConfig, outcome: TrainOutcome, n_agree: int = 64, n_fid: int = 1000) -> dict[str, Any]:
-    """One-step sampling evaluation of the exported model, in this process.
-
-    Returns:
-        `agreement_db` (one-step vs `cfg.model.sampler.steps`-step samples from the same noise),
-        `grid` (PNG path), and `fid` / `fid_extractor` / `fid_n` when FID could be computed
-        (or `fid_skipped` with the reason).
+    It loads `models:/<name>/<version>` like any downstream job, measures one-step vs multi-step
+    agreement, FID (extractor named) and samples/s, logs an evaluation run linked to the version,
+    writes a report and decides on promotion to `champion`.
     """
-    from linearizer.viz import save_grid
-
-    model, model_cfg = load_model(outcome.model_dir)
-    kind = get_kind(model_cfg.kind)
-    g = torch.Generator().manual_seed(cfg.train.seed + 1)
-    x0 = torch.randn(n_agree, *model_cfg.image_shape, generator=g)
-    results: dict[str, Any] = {}
-    one = kind.predict(model, x0, {"mode": "sample"})
-    results["grid"] = str(save_grid(one, outcome.run_dir / "samples.png", nrow=8))
-    if "sample_multistep" in kind.modes:
-        from linearizer.metrics import agreement_db
-
-        many = kind.predict(model, x0, {"mode": "sample_multistep", "steps": model_cfg.sampler.steps})
-        results["agreement_db"] = agreement_db(one, many)
-        results["agreement_steps"] = model_cfg.sampler.steps
-    try:
-        from linearizer.metrics import fid, get_extractor
-    except ImportError as e:
-        results["fid_skipped"] = f"linearizer.metrics unavailable: {e}"
-        return results
-    real = heldout_images(cfg, n_fid)
-    if real is None:
-        results["fid_skipped"] = "no held-out split configured"
-        return results
-    fake = torch.cat([kind.predict(model, torch.randn(min(250, n_fid - i), *model_cfg.image_shape, generator=g),
-                                   {"mode": "sample"}) for i in range(0, real.shape[0], 250)])
-    try:
-        result = fid(real, fake[:real.shape[0]], get_extractor("auto"))
-    except (ValueError, RuntimeError) as e:  # e.g. a feature network that does not fit the image size
-        results["fid_skipped"] = f"{type(e).__name__}: {e}"
-        return results
-    results.update(fid=result.value, fid_extractor=result.extractor, fid_n=result.n_fake, fid_n_real=result.n_real)
-    return results
+    uri, artifacts = resolve_tracking(cfg)
+    settings = [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={artifacts}",
+                f"mlflow.registered_model={outcome.model_name}", f"mlflow.version={outcome.model_version}",
+                f"output_dir={cfg.output_dir}", f"seed={cfg.train.seed}",
+                f"sampling.multistep_steps={cfg.model.sampler.steps}"]
+    return evaluate_registered(load_eval_config(None, settings + list(overrides or [])))
 
 
-def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: dict[str, Any], seconds: float) -> Path:
+def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: EvalOutcome, seconds: float) -> Path:
     """`<run_dir>/report.md`: the run in one page."""
     uri, _ = resolve_tracking(cfg)
     m = outcome.metrics
@@ -145,22 +97,27 @@ def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: dict[str, An
         f"- training: {m.get('step')} steps of batch {cfg.train.batch_size} on {m.get('world_size')} Ray Train "
         f"workers ({m.get('nodes')} node(s)), DeepSpeed ZeRO-{cfg.distributed.zero_stage}, "
         f"{cfg.distributed.precision}; resumed from step {m.get('start_step')}",
-        f"- final loss {m.get('loss', float('nan')):.4g}; throughput {m.get('samples_per_s', float('nan')):.1f} samples/s",
+        f"- final loss {m.get('loss', float('nan')):.4g}; "
+        f"throughput {m.get('samples_per_s', float('nan')):.1f} samples/s",
         f"- checkpoint: `{outcome.checkpoint}`",
         f"- exported model: `{outcome.model_dir}` (safetensors + JSON)",
     ]
     if outcome.model_version:
         lines.append(f"- registry: `models:/{outcome.model_name}@{outcome.alias}` = version {outcome.model_version}")
-    lines += ["", "## Evaluation (in process)", ""]
-    if "agreement_db" in evaluation:
-        lines.append(f"- one-step vs {evaluation['agreement_steps']}-step agreement: "
-                     f"{evaluation['agreement_db']:.2f} dB PSNR (same noise, pooled MSE)")
-    if "fid" in evaluation:
-        lines.append(f"- FID {evaluation['fid']:.3f} [{evaluation['fid_extractor']}, {evaluation['fid_n']} samples vs "
-                     f"{evaluation['fid_n_real']} held-out images]; values from different extractors do not compare")
-    else:
-        lines.append(f"- FID skipped: {evaluation.get('fid_skipped')}")
-    lines += ["", "![one-step samples](samples.png)", "", "## Where to look", "",
+    lines += ["", "## Evaluation (`pipelines.evaluate`, from the registry)", ""]
+    m = evaluation.metrics
+    if "agreement_db" in m:
+        lines.append(f"- one-step vs multi-step agreement: {m['agreement_db']:.2f} dB PSNR "
+                     f"(same noise, pooled MSE)")
+    if "fid" in m:
+        lines.append(f"- FID {m['fid']:.3f} (extractor and sample counts in the evaluation report)")
+    if "samples_per_s" in m:
+        lines.append(f"- one-step sampling: {m['samples_per_s']:.1f} samples/s ({m.get('speedup', float('nan')):.1f}x "
+                     f"the multi-step sampler)")
+    if evaluation.decision is not None:
+        lines.append(f"- promotion: {evaluation.decision.action} ({evaluation.decision.reason})")
+    lines.append(f"- report: `{evaluation.report_dir}` (evaluation run `{evaluation.run_id}`)")
+    lines += ["", "## Where to look", "",
               f"- run directory: `{outcome.run_dir}`",
               f"- MLflow: `mlflow ui --backend-store-uri {redact_uri(uri)}` (experiment `{cfg.mlflow.experiment}`, "
               f"run `{outcome.run_id}`)",
@@ -170,19 +127,22 @@ def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: dict[str, An
     return path
 
 
-def run(overrides: list[str] | None = None, full: bool = False) -> dict[str, Any]:
+def run(overrides: list[str] | None = None, full: bool = False,
+        eval_overrides: list[str] | None = None) -> dict[str, Any]:
     """The whole main job; returns a summary (also printed by `main`)."""
     started = time.perf_counter()
     cfg = load_job_config(base=_merge(EMBEDDED, FULL) if full else EMBEDDED, overrides=overrides)
     outcome = train(cfg)
-    evaluation = evaluate(cfg, outcome)
-    RankZero(0, resolve_tracking(cfg)[0], outcome.run_id).log_metrics(
-        {f"eval_{k}": v for k, v in evaluation.items() if isinstance(v, float)}, step=int(outcome.metrics["step"]))
+    evaluation = evaluate(cfg, outcome, eval_overrides)
     seconds = time.perf_counter() - started
     report = write_report(cfg, outcome, evaluation, seconds)
     uri, _ = resolve_tracking(cfg)
-    return {"run_dir": str(outcome.run_dir), "report": str(report), "model": f"models:/{outcome.model_name}@{outcome.alias}",
-            "version": outcome.model_version, "evaluation": evaluation, "minutes": round(seconds / 60, 2),
+    log = RankZero(0, uri, outcome.run_id)
+    log.log_metrics({f"eval_{k}": v for k, v in evaluation.metrics.items()}, step=int(outcome.metrics["step"]))
+    log.log_artifact(report)
+    return {"run_dir": str(outcome.run_dir), "report": str(report),
+            "model": f"models:/{outcome.model_name}@{outcome.alias}", "version": outcome.model_version,
+            "evaluation": evaluation.summary(), "minutes": round(seconds / 60, 2),
             "mlflow_ui": f"mlflow ui --backend-store-uri {redact_uri(uri)}"}
 
 
@@ -192,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the reference configuration instead of the quick one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument("--eval-set", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an evaluation setting, e.g. --eval-set sampling.n=256 (repeatable)")
     args = parser.parse_args(argv)
     prepare_environment()
     try:
-        summary = run(args.overrides, args.full)
+        summary = run(args.overrides, args.full, args.eval_overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -63,9 +63,9 @@ class LinearizerPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.cfg = load_model(context.artifacts["model"])
         self.kind = get_kind(self.cfg.kind)
 
-    # No annotations on purpose: MLflow 3 derives a signature from predict's type hints and
-    # warns about any it cannot use; the explicit signature of `signature_for` is the contract.
-    def predict(self, context, model_input, params=None):
+    # `np.ndarray` is the one input hint MLflow 3 accepts without inferring a signature from it
+    # (any other hint, or none, draws a warning); the signature of `signature_for` is the contract.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Run `kind.predict` on `model_input` (`[N, C, H, W]` float array) with `params`.
 
         Params MLflow filled with a None default (not given by the caller) are dropped.
@@ -91,7 +91,8 @@ def signature_for(model_dir: str | Path) -> mlflow.models.ModelSignature:
     specs = [ParamSpec("mode", "string", kind.modes[0])]
     for name, tp in sorted(getattr(kind, "param_types", {}).items()):
         if tp not in _MLFLOW_TYPES:
-            raise ValueError(f"kind {kind.name!r} param {name!r} has type {tp!r}; expected one of int, float, str, bool")
+            raise ValueError(f"kind {kind.name!r} param {name!r} has type {tp!r}; "
+                             f"expected one of int, float, str, bool")
         specs.append(ParamSpec(name, _MLFLOW_TYPES[tp], None))
     tensor = Schema([TensorSpec(np.dtype(np.float32), shape)])
     return mlflow.models.ModelSignature(inputs=tensor, outputs=tensor, params=ParamSchema(specs))

@@ -36,7 +36,8 @@ QUIET = {
 #: driver variables a worker needs to behave the same (network interfaces, JIT cache, paths).
 FORWARDED = (
     "DS_ACCELERATOR", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR", "PYTHONPATH",
-    "NO_PROXY", "no_proxy", "HF_HOME", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_TOKEN",
+    "NO_PROXY", "no_proxy", "HF_HOME", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_TOKEN", "LINEARIZER_CACHE",
+    "OMP_NUM_THREADS",
 )
 #: DeepSpeed JIT-builds a communication op once per extensions directory; keep it stable.
 DEFAULT_EXTENSIONS_DIR = REPO_ROOT / ".cache" / "torch_extensions"

@@ -33,7 +33,7 @@ from linearizer.config import ConfigError, ModelConfig, to_dict
 from linearizer.io import save_model
 from linearizer.kinds import ModelKind, get_kind
 
-from .config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config, public_dict
+from .config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
 from .runtime import prepare_environment, ray_session, resolve_local, worker_env
 from .tracking import RankZero, TrackingRun, end_run, redact, redact_uri, start_run
 

@@ -10,8 +10,11 @@ Checkpoints: every `train.checkpoint_every` steps and at the end, each rank writ
 DeepSpeed checkpoint into a temporary directory and hands it to `ray.train.report`, which merges
 the parts into one directory in storage. A restarted or resubmitted run resumes from the latest
 one (`ray.train.get_checkpoint()`): engine state, optimizer partitions and the step counter.
+A checkpoint counts once Ray Train's controller has collected every rank's report (it polls
+every few seconds); a crash before that falls back to the checkpoint before.
 
-Rank 0 alone writes to MLflow, through `tracking.RankZero`.
+Rank 0 alone writes to MLflow, through `tracking.RankZero`. DeepSpeed keeps weights, gradients
+and optimizer state in fp32; `precision=bf16` is autocast around the kind's hooks.
 """
 
 from __future__ import annotations
@@ -266,14 +269,13 @@ class Trainer:
     def run(self) -> None:
         t, job = self.job.train, self.job
         placement = gather_placement(self.rank)
-        if self.rank == 0:
-            self.log.log_params(public_dict(job))
-            self.log.set_tags({"linearizer.kind": job.model.kind, "linearizer.world_size": self.world,
-                               "linearizer.zero_stage": job.distributed.zero_stage,
-                               "linearizer.nodes": len({p["node_id"] for p in placement})})
-            self.log.log_dict({"workers": placement}, "placement.json")
-        common = {"world_size": self.world, "start_step": self.start_step,
-                  "nodes": len({p["node_id"] for p in placement}), "placement": json.dumps(placement)}
+        nodes = len({p["node_id"] for p in placement})
+        self.log.log_params(public_dict(job))  # RankZero: a no-op on every other rank
+        self.log.set_tags({"linearizer.kind": job.model.kind, "linearizer.world_size": self.world,
+                           "linearizer.zero_stage": job.distributed.zero_stage, "linearizer.nodes": nodes})
+        self.log.log_dict({"workers": placement}, "placement.json")
+        common = {"world_size": self.world, "start_step": self.start_step, "nodes": nodes,
+                  "placement": json.dumps(placement)}
         self.engine.train()
         window_start, window_steps = time.perf_counter(), 0
         metrics: dict[str, Any] = {"step": self.start_step, **common}

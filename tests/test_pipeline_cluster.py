@@ -64,11 +64,15 @@ def _pids_using(root: Path) -> list[int]:
 
 
 def _stop(procs: list[subprocess.Popen], root: Path) -> None:
-    """SIGTERM the `ray start --block` process groups (they stop their nodes), SIGKILL leftovers."""
-    for proc in procs:
+    """SIGTERM the `ray start --block` process groups (they stop their nodes), SIGKILL leftovers.
+
+    The wait is short: a head stopping after its driver has left spends ~20 s failing to drain
+    itself, and nothing of this throwaway cluster needs a graceful end.
+    """
+    for proc in reversed(procs):  # the second node first, then the head
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 5
     for proc in procs:
         try:
             proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -93,17 +97,22 @@ def two_nodes() -> Iterator[tuple[str, dict[str, str]]]:
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     port = _free_port(HEAD)
     common = ["--block", "--num-cpus", "1", "--disable-usage-stats"]
+    # Ports Ray would otherwise take at fixed defaults (10001, 52365): a concurrent run of this
+    # test, or anyone else's Ray on these addresses, must not collide with ours.
+    head_ports = ["--ray-client-server-port", str(_free_port(HEAD)),
+                  "--dashboard-agent-listen-port", str(_free_port(HEAD))]
+    node2_ports = ["--dashboard-agent-listen-port", str(_free_port(NODE2))]
     procs = []
     try:
         with open(root / "head.log", "w") as log:
             procs.append(subprocess.Popen(
                 [RAY, "start", "--head", "--node-ip-address", HEAD, "--port", str(port), "--include-dashboard", "false",
-                 "--temp-dir", str(root / "ray"), *common], env=env, stdout=log, stderr=subprocess.STDOUT,
+                 "--temp-dir", str(root / "ray"), *head_ports, *common], env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True))
         _wait_for_port(HEAD, port, timeout=120)
         with open(root / "node2.log", "w") as log:
             procs.append(subprocess.Popen(
-                [RAY, "start", "--address", f"{HEAD}:{port}", "--node-ip-address", NODE2, *common],
+                [RAY, "start", "--address", f"{HEAD}:{port}", "--node-ip-address", NODE2, *node2_ports, *common],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         yield f"{HEAD}:{port}", env
     finally:

@@ -62,7 +62,8 @@ def test_deepspeed_settings_take_batch_clipping_and_precision_from_the_job(stage
     cfg = load_job_config(overrides=[f"distributed.zero_stage={stage}", f"distributed.precision={precision}",
                                      "distributed.num_workers=4", "train.batch_size=96", "train.grad_clip=0.5"])
     ds = deepspeed_settings(cfg)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (96, 24, 1)
+    batch = (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"])
+    assert batch == (96, 24, 1)
     assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["stage"] == stage
     # bf16 is autocast in the worker: DeepSpeed keeps fp32 weights (the flow's triangular solves need them)
     assert ds["bf16"] == {"enabled": False} and ds["fp16"] == {"enabled": False}

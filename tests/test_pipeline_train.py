@@ -109,7 +109,8 @@ def test_zero2_checkpoint_is_resumed_by_a_run_of_the_same_name(ray_local, mlflow
     checkpoint = Path(b.checkpoint)
     assert checkpoint.name == "checkpoint_00000006"
     tag = (checkpoint / "latest").read_text().strip()
-    module = torch.load(checkpoint / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    states = checkpoint / tag / "mp_rank_00_model_states.pt"
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]  # written by this test
     exported, _ = load_model(b.model_dir)
     consolidated = consolidated_state_dict(checkpoint, zero_stage=2)
     for key, value in exported.state_dict().items():

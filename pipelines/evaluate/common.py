@@ -218,8 +218,9 @@ def download_model(client: MlflowClient, uri: str, mv: ModelVersion, dst: str | 
     import mlflow
     import yaml
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
-                                                     dst_path=str(dst), tracking_uri=uri, registry_uri=uri))
+    source = client.get_model_version_download_uri(mv.name, mv.version)  # resolved by this client's registry
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri,
+                                                     registry_uri=uri))
     spec = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
     artifacts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
     if "model" not in artifacts:
