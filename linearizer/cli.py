@@ -25,6 +25,17 @@ PLUGINS = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (`--n`, `--steps`, `--batch-size`, ...): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linearizer",

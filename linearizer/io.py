@@ -65,7 +65,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for foreign or corrupt files
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it was not written by "
+                         f"linearizer.io.save_weights or is corrupt") from e
     _, aliases = unique_state(model)
     expected = set(model.state_dict()) - set(aliases)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -112,7 +116,12 @@ def load_model(directory: str | Path, dtype: torch.dtype | None = None) -> tuple
     cfg = read_model_config(directory)
     model = get_kind(cfg.kind).build(cfg)
     # Rebuild in the dtype the weights were saved in (integer buffers such as permutations say nothing).
-    floats = [t.dtype for t in load_file(str(Path(directory) / WEIGHTS)).values() if t.is_floating_point()]
+    try:
+        floats = [t.dtype for t in load_file(str(Path(directory) / WEIGHTS)).values() if t.is_floating_point()]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights file not found: {Path(directory) / WEIGHTS}") from None
+    except Exception as e:  # noqa: BLE001 - see load_weights
+        raise ValueError(f"{Path(directory) / WEIGHTS} is not a readable safetensors file ({e})") from e
     if floats:
         model.to(floats[0])
     load_weights(model, Path(directory) / WEIGHTS)

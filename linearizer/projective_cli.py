@@ -27,6 +27,7 @@ from .projective import idempotency_error, inpaint, projective_config
 from .projective.inputs import INPUTS, make_inputs
 from .training import TensorBatches, fit
 from .viz import save_grid
+from .cli import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     project.add_argument("--model", help="saved projective model directory")
     project.add_argument("--input", choices=INPUTS, default="noise",
                          help="what to project (noise = sampling, noisy = denoising, masked = inpainting)")
-    project.add_argument("--n", type=int, default=16, help="number of inputs")
+    project.add_argument("--n", type=positive_int, default=16, help="number of inputs")
     project.add_argument("--seed", type=int, default=0, help="seed of noise, digits and patches")
     project.add_argument("--sigma", type=float, default=0.3, help="noise level of --input noisy")
-    project.add_argument("--iterations", type=int, default=1,
+    project.add_argument("--iterations", type=positive_int, default=1,
                          help="projections of --input masked, re-imposing the known pixels in between")
     project.add_argument("--out", help="output PNG grid (inputs above, projections below)")
     project.set_defaults(func=cmd_project)
@@ -49,14 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a projective model on MNIST 32x32",
                            description="Train f = g^-1 P g on MNIST (linearizer.training.fit) and save it.")
     train.add_argument("--out", required=True, help="directory for the saved model")
-    train.add_argument("--rank", type=int, default=16, help="k, the rank of the projector")
+    train.add_argument("--rank", type=positive_int, default=16, help="k, the rank of the projector")
     train.add_argument("--oblique", action="store_true", help="oblique projector (default: orthogonal Q Q^T)")
     train.add_argument("--config", help="model config file (JSON/YAML); default: projective_config(--rank)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
-    train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--steps", type=positive_int, default=3000)
+    train.add_argument("--batch-size", type=positive_int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--limit", type=int, default=None, help="use only the first N training digits")
+    train.add_argument("--limit", type=positive_int, default=None, help="use only the first N training digits")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train)
 

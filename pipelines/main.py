@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2))
     print(f"\nreport: {summary['report']}\nrun directory: {summary['run_dir']}\nMLflow: {summary['mlflow_ui']}")
     return 0

@@ -76,6 +76,26 @@ def worker_env(tracking_uri: str | None, use_gpu: bool) -> dict[str, str]:
     return env
 
 
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when a Ray cluster address does not accept connections (ray.init would keep
+    reconnecting for minutes). "auto" and `ray://` client addresses are left to Ray.
+
+    Raises:
+        ConnectionError: naming the address.
+    """
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"Ray cluster at {address} is unreachable ({e}); start it (ray start --head ...) "
+                              f"or fix --address / $RAY_ADDRESS") from e
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
     """Use the Ray this process already has, join a cluster, or start an embedded one.
@@ -98,6 +118,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         return
     address = cluster_address(address)
     if address is not None:
+        check_ray_address(address)
         ray.init(address=address)
         where = address
     else:

@@ -100,6 +100,34 @@ def resolve_tracking(cfg: JobConfig) -> tuple[str, str | None]:
     return f"sqlite:///{root / 'mlflow.db'}", cfg.mlflow.artifact_location or (root / "mlartifacts").as_uri()
 
 
+class UnreachableError(ConnectionError):
+    """A service the job needs (MLflow tracking server, Ray cluster) does not answer."""
+
+
+def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when an MLflow tracking server does not answer `GET /health`, instead of
+    MLflow's minutes of retries. Local stores (sqlite, file) are not checked here.
+
+    Raises:
+        UnreachableError: naming the (redacted) URI and the reason.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
+            if reply.status != 200:
+                raise UnreachableError(f"MLflow tracking server {redact_uri(uri)} answered /health with {reply.status}")
+    except (urllib.error.URLError, OSError) as e:
+        if isinstance(e, UnreachableError):
+            raise
+        reason = getattr(e, "reason", e)
+        raise UnreachableError(f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}); start it, or "
+                               f"point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at a running one") from e
+
+
 @dataclass
 class TrackingRun:
     """An MLflow run that a job logs into."""

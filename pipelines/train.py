@@ -35,7 +35,7 @@ from linearizer.kinds import ModelKind, get_kind
 
 from .config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
 from .runtime import prepare_environment, ray_session, resolve_local, worker_env
-from .tracking import RankZero, TrackingRun, end_run, redact, redact_uri, start_run
+from .tracking import RankZero, TrackingRun, check_tracking_server, end_run, redact, redact_uri, resolve_tracking, start_run
 
 MODEL_DIR = "model"
 FAULT_MARKER = "fault-injected"
@@ -198,6 +198,26 @@ def fit(cfg: JobConfig, run: TrackingRun) -> Any:
     return result
 
 
+def check_storage(storage_path: str) -> None:
+    """Fail before any work when a local `storage_path` cannot hold checkpoints (remote URIs
+    such as s3:// are left to Ray).
+
+    Raises:
+        OSError: naming the storage_path and the reason.
+    """
+    if "://" in storage_path:
+        return
+    path = Path(storage_path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"storage_path {path} is not a writable directory ({e.strerror or e}); "
+                      f"checkpoints could not be saved") from e
+
+
 def train(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Run a whole training job (see the module docstring).
 
@@ -216,6 +236,8 @@ def train(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     kind = get_kind(cfg.model.kind)
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_storage(cfg.resolved_storage_path())
+    check_tracking_server(resolve_tracking(cfg)[0])
     ensure_shards(cfg)
     dump_job_config(cfg, run_dir / "config.json")
     run = start_run(cfg, tags={"linearizer.kind": kind.name, "linearizer.config_hash": config_hash(cfg)})
@@ -268,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    outcome = train(cfg, args.address)
+    try:
+        outcome = train(cfg, args.address)
+    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(json.dumps(redact(_jsonable(asdict(outcome))), indent=2))
     return 0
 

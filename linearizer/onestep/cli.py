@@ -30,6 +30,7 @@ from ..viz import save_grid
 from .inversion import interpolate, invert, reconstruct
 from .model import OneStepLinearizer, noise_like
 from .samplers import METHODS
+from ..cli import positive_int
 
 
 # ----- data and model helpers ----------------------------------------------------------------
@@ -202,7 +203,7 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
         p.add_argument("--model", required=True, help="saved model directory (config.json + model.safetensors)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
 
 
 def _data(p: argparse.ArgumentParser, split: str = "test") -> None:
@@ -218,9 +219,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --set operator.rank=16 (repeatable)")
     p.add_argument("--data", default="mnist", help="'mnist' (offline) or an image folder (default: mnist)")
-    p.add_argument("--limit", type=int, help="use only the first N training images")
-    p.add_argument("--steps", type=int, help="optimiser steps (TrainConfig default if omitted)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps (TrainConfig default if omitted)")
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int)
@@ -230,18 +231,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("sample", help="one-step samples through B, or --steps N multi-step samples")
     _common(p)
-    p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("--steps", type=int, help="integrate with N steps instead of the one-step B")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--steps", type=positive_int, help="integrate with N steps instead of the one-step B")
     p.add_argument("--method", choices=METHODS, default="rk4", help="multi-step method (default: rk4)")
     p.add_argument("--t-end", type=float, help="multi-step end time (default: 1 - 1/steps)")
-    p.add_argument("--nrow", type=int, help="images per grid row")
+    p.add_argument("--nrow", type=positive_int, help="images per grid row")
     p.add_argument("--out", required=True, help="PNG grid")
     p.set_defaults(func=cmd_sample)
 
     p = subparsers.add_parser("invert", help="real images -> noise -> images (rows: input, noise, reconstruction)")
     _common(p)
     _data(p)
-    p.add_argument("--n", type=int, default=8, help="first N images of the split (default: 8)")
+    p.add_argument("--n", type=positive_int, default=8, help="first N images of the split (default: 8)")
     p.add_argument("--solve", choices=("inverse", "pinv"), default="inverse", help="B^-1 (Woodbury) or B^+")
     p.add_argument("--out", required=True, help="PNG grid")
     p.set_defaults(func=cmd_invert)
@@ -250,7 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     _data(p)
     p.add_argument("--pair", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="image indices (default: 0 1)")
-    p.add_argument("--n", type=int, default=8, help="points on the path, ends included (default: 8)")
+    p.add_argument("--n", type=positive_int, default=8, help="points on the path, ends included (default: 8)")
     p.add_argument("--solve", choices=("inverse", "pinv"), default="inverse")
     p.add_argument("--out", required=True, help="PNG: induced path, then the reference's pixel-noise path")
     p.set_defaults(func=cmd_interpolate)
@@ -258,8 +259,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="one-step vs multi-step agreement, inversion dB, FID")
     _common(p)
     _data(p)
-    p.add_argument("--n", type=int, default=1000, help="samples and real images (default: 1000)")
-    p.add_argument("--steps", type=int, help="multi-step reference (default: the steps B collapses)")
+    p.add_argument("--n", type=positive_int, default=1000, help="samples and real images (default: 1000)")
+    p.add_argument("--steps", type=positive_int, help="multi-step reference (default: the steps B collapses)")
     p.add_argument("--extractor", choices=("auto", "mnist-classifier", "inception"), default="auto",
                    help="FID feature network; the result names it (default: auto)")
     p.add_argument("--no-fid", action="store_true", help="skip FID")

@@ -29,6 +29,7 @@ from ..training import TensorBatches, fit
 from ..viz import save_strip
 from .data import DEFAULT_STYLES, load_pair_folder, make_filter_pairs
 from .model import StyleModel
+from ..cli import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,12 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--styles", default=",".join(DEFAULT_STYLES),
                         help="comma-separated classical styles (linearizer.style.data.STYLE_FILTERS)")
     source.add_argument("--pairs", help="folder ROOT/STYLE/content/NAME.png + ROOT/STYLE/styled/NAME.png")
-    train.add_argument("--size", type=int, default=32, help="patch side of filter-made pairs")
-    train.add_argument("--n", type=int, default=1024, help="content patches of filter-made pairs")
+    train.add_argument("--size", type=positive_int, default=32, help="patch side of filter-made pairs")
+    train.add_argument("--n", type=positive_int, default=1024, help="content patches of filter-made pairs")
     train.add_argument("--config", help="model config file (JSON/YAML) for flow, operator and loss")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--steps", type=positive_int, default=2000)
+    train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train)
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--strengths", default="1", help="comma-separated strengths (0: content, 1: style)")
         elif name == "interpolate":
             p.add_argument("--styles", nargs=2, required=True, metavar=("STYLE_A", "STYLE_B"))
-            p.add_argument("--steps", type=int, default=5, help="intervals from STYLE_A to STYLE_B (>= 1)")
+            p.add_argument("--steps", type=positive_int, default=5, help="intervals from STYLE_A to STYLE_B (>= 1)")
         else:
             p.add_argument("--styles", nargs="+", required=True, help="styles, first applied first")
             p.add_argument("--how", choices=("operator", "sequential"), default="operator")

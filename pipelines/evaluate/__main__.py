@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except EvaluationError as e:
+    except (EvaluationError, ConnectionError) as e:
         print(f"evaluation error: {e}", file=sys.stderr)
         return 3
     print(json.dumps(outcome.summary(), indent=2))

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -143,18 +141,13 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     Raises:
         EvaluationError: naming the URI and what went wrong.
     """
-    from pipelines.tracking import redact_uri
+    from pipelines.tracking import UnreachableError, check_tracking_server
 
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
-                if reply.status != 200:
-                    raise EvaluationError(f"MLflow tracking server {redact_uri(uri)} answered /health with "
-                                          f"{reply.status}")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise EvaluationError(f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}); start it, or "
-                                  f"point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at a running one") from e
+            check_tracking_server(uri, timeout_s)
+        except UnreachableError as e:
+            raise EvaluationError(str(e)) from e
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():
