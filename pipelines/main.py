@@ -77,7 +77,7 @@ def evaluate(cfg: JobConfig, outcome: TrainOutcome, overrides: list[str] | None 
     writes a report and decides on promotion to `champion`.
     """
     uri, artifacts = resolve_tracking(cfg)
-    settings = [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={artifacts}",
+    settings = [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={json.dumps(artifacts)}",
                 f"mlflow.registered_model={outcome.model_name}", f"mlflow.version={outcome.model_version}",
                 f"output_dir={cfg.output_dir}", f"seed={cfg.train.seed}",
                 f"sampling.multistep_steps={cfg.model.sampler.steps}"]
