@@ -198,7 +198,8 @@ def bad_request(shape: tuple[int, int, int], spec: ModeSpec, rng: random.Random)
     c, h, w = shape
     n = x.shape[0]
     kinds = ["input type", "input dtype", "input dims", "input shape", "empty batch", "non-finite", "params type",
-             "mode", "unknown param"] + (["range"] if spec.unit_range else []) + (["param value"] if spec.bad_params else [])
+             "mode", "unknown param"]
+    kinds += (["range"] if spec.unit_range else []) + (["param value"] if spec.bad_params else [])
     kind = rng.choice(kinds)
     if kind == "input type":
         x = rng.choice([None, 3, "image", x.tolist(), x.numpy(), {"x": 1}])
@@ -210,8 +211,8 @@ def bad_request(shape: tuple[int, int, int], spec: ModeSpec, rng: random.Random)
         x = rng.choice([x[0], x[0, 0], x.flatten(), x[None], torch.tensor(0.5)])
         return x, params, f"inputs of shape {list(x.shape)}"
     if kind == "input shape":
-        bad = rng.choice([(c + rng.randint(1, 3), h, w), (c, h + rng.randint(1, 5), w), (c, h, max(1, w - rng.randint(1, 3))),
-                          (c, w + 1, h + 1), (n, c * h * w, 1)])
+        bad = rng.choice([(c + rng.randint(1, 3), h, w), (c, h + rng.randint(1, 5), w),
+                          (c, h, max(1, w - rng.randint(1, 3))), (c, w + 1, h + 1), (n, c * h * w, 1)])
         return torch.rand(n, *bad), params, f"inputs of shape {[n, *bad]}"
     if kind == "empty batch":
         return x[:0], params, "an empty batch"

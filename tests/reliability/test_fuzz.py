@@ -155,9 +155,11 @@ def test_served_pyfunc_refuses_every_bad_request_cleanly(mlflow_store, tmp_path,
 JOB_RANGE = [
     ("train.steps", lambda r: -r.randint(0, 9)), ("train.batch_size", 0), ("train.lr", lambda r: -r.random()),
     ("train.lr", 0.0), ("train.grad_clip", -1.0), ("train.log_every", -1), ("train.checkpoint_every", -2),
-    ("distributed.num_workers", 0), ("distributed.cpus_per_worker", 0.0), ("distributed.zero_stage", lambda r: r.choice([-1, 4, 7])),
+    ("distributed.num_workers", 0), ("distributed.cpus_per_worker", 0.0),
+    ("distributed.zero_stage", lambda r: r.choice([-1, 4, 7])),
     ("distributed.max_failures", -2), ("distributed.keep_checkpoints", 0), ("model.flow.depth", 0),
-    ("model.flow.hidden", -4), ("model.flow.clamp", 0.0), ("model.operator.rank", 0), ("model.operator.time_embed_dim", 7),
+    ("model.flow.hidden", -4), ("model.flow.clamp", 0.0), ("model.operator.rank", 0),
+    ("model.operator.time_embed_dim", 7),
     ("model.operator.kernel_size", 0), ("model.operator.styles", ["a", "a"]), ("model.sampler.steps", 0),
     ("model.sampler.t_end", lambda r: r.choice([0.0, 1.0, 1.5, -0.5])), ("model.sampler.compress_tol", -1e-3),
     ("model.loss.s", -0.1), ("model.loss.w_pred", -1.0), ("model.image_shape", [1, 0, 32]),
@@ -176,7 +178,8 @@ JOB_COMBOS = [
     ({"model.image_shape": lambda r: r.choice([[3, 32, 32], [1, 32, 16]])}, "image_shape"),
     ({"data.source": "digits", "data.heldout_split": "test"}, "digits"),
     ({"data.source": "none", "data.prefix": None}, "prefix"),
-    ({"distributed.deepspeed_config": "infra/deepspeed/zero2.json", "distributed.zero_stage": 1}, "zero_optimization.stage"),
+    ({"distributed.deepspeed_config": "infra/deepspeed/zero2.json", "distributed.zero_stage": 1},
+     "zero_optimization.stage"),
     ({"distributed.deepspeed_config": "no/such/deepspeed.json"}, "not found"),
 ]
 EVAL_RANGE = [
@@ -225,8 +228,8 @@ def test_overrides_refuse_every_bad_setting_cleanly(figures):
     cases = ["train.steps", "train.steps=", "=3", "train.stepz=3", "train.steps.x=3", "nothing=1", "train=3",
              "model.flow.depth=two", "distributed.zero_stage=9", "model.image_shape=[1,8]", "train.lr=-1",
              "mlflow.registered_model=", "distributed.precision=fp64", "data.verify=maybe", "name=a/b"]
-    cases += [f"{rng.choice(['train', 'model.flow', 'distributed'])}.{rng.choice(['x', 'steps_', 'Depth'])}={rng.randint(0, 9)}"
-              for _ in range(35)]
+    sections, keys = ["train", "model.flow", "distributed"], ["x", "steps_", "Depth"]
+    cases += [f"{rng.choice(sections)}.{rng.choice(keys)}={rng.randint(0, 9)}" for _ in range(35)]
     verdicts = [judge(f"--set {c}", lambda c=c: load_job_config(None, [c])) for c in cases]
     figures.count("bad_configs_tried", len(verdicts))
     figures.count("bad_configs_clean", sum(v.clean for v in verdicts))

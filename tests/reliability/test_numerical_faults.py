@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from linearizer.config import TrainConfig, from_dict
-from linearizer.config import ModelConfig
+from linearizer.config import ModelConfig, TrainConfig, from_dict
 from linearizer.kinds import get_kind
 from linearizer.training import fit
 from tests.registry_models import onestep_model, projective_model, style_model
-from tests.reliability.conftest import CHECKPOINT_EVERY, reference_job
 from tests.reliability.faulty_kinds import EXPLODE_AT_STEP, explode_coupling_scales
+from tests.reliability.reference import CHECKPOINT_EVERY, reference_job
 from tests.toy_kind import ONESTEP_MODEL
 
 POISON_STEP = 4
@@ -61,9 +60,7 @@ def test_nan_in_the_loss_stops_fit_and_keeps_the_last_good_weights(figures):
 
 
 def test_exploding_coupling_scales_stop_fit_at_that_step(figures):
-    import tests.reliability.faulty_kinds  # noqa: F401 - registers "exploding"
-
-    model = _tiny_onestep("exploding")
+    model = _tiny_onestep("exploding")  # registered by importing faulty_kinds (above)
     figures.count("numerical_faults_injected")
     with pytest.raises(FloatingPointError, match=rf"non-finite loss \S+ at step {EXPLODE_AT_STEP}"):
         fit("exploding", model, _batches(8), TrainConfig(steps=8, seed=0), progress=False)
@@ -80,7 +77,8 @@ SAMPLING = [
 ]
 
 
-@pytest.mark.parametrize("kind_name, build, shape, params", SAMPLING, ids=[f"{k}-{p['mode']}" for k, _, _, p in SAMPLING])
+@pytest.mark.parametrize("kind_name, build, shape, params", SAMPLING,
+                         ids=[f"{k}-{p['mode']}" for k, _, _, p in SAMPLING])
 def test_sampling_refuses_to_return_non_finite_images(kind_name, build, shape, params):
     model, _ = build()
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -111,7 +109,7 @@ def test_distributed_training_stops_on_exploding_scales_and_keeps_the_last_good_
     storage = Path(cfg.resolved_storage_path()) / cfg.name
     snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
     assert snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] == last_good
-    assert sorted(p.name for p in storage.glob("checkpoint_*")) == [
+    assert sorted(p.name for p in storage.glob("checkpoint_*") if p.is_dir()) == [
         f"checkpoint_{s:08d}" for s in range(CHECKPOINT_EVERY, EXPLODE_AT_STEP, CHECKPOINT_EVERY)]
     # The kept checkpoint is complete and gives a working model with finite samples.
     state = json.loads((storage / last_good / "linearizer_state.json").read_text())

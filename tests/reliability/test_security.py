@@ -1,9 +1,8 @@
 """Security: no pickles we did not write, services on loopback, no credentials in what is logged.
 
-- Source scan (AST) of every project module: each `torch.load` passes `weights_only=True`,
-  except the one reader of DeepSpeed checkpoints the run itself wrote; no other unpickling
-  (pickle, cloudpickle, dill, joblib, `np.load(allow_pickle=True)`, `mlflow.pytorch`,
-  `yaml.load`) exists but the MNIST allow-list unpickler.
+- Source scan (AST) of every project module: each `torch.load` passes `weights_only=True`; no
+  other unpickling (pickle, cloudpickle, dill, joblib, `np.load(allow_pickle=True)`,
+  `mlflow.pytorch`, `yaml.load`) exists but the MNIST allow-list unpickler.
 - Behaviour: a malicious pickle planted as a model file, or offered to the MNIST reader, is
   refused and its payload never runs (a marker file it would create stays absent).
 - Loopback: the MLflow server script binds 127.0.0.1 by default (started for real, sockets
@@ -23,7 +22,7 @@ import random
 import signal
 import socket
 import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -40,8 +39,9 @@ from tests.reliability.procs import REPO, family, listening, reap, wait_for
 from tests.toy_kind import tiny_job
 
 PACKAGES = ("linearizer", "pipelines", "jobs", "bench")
-#: (file, enclosing function) allowed to unpickle: DeepSpeed checkpoints written by the run itself.
-TRUSTED_TORCH_LOADS = {("pipelines/train.py", "consolidated_state_dict")}
+#: (file, enclosing function) allowed a `torch.load` without weights_only=True: none. (DeepSpeed
+#: itself unpickles the checkpoints a run wrote, in its resume and zero_to_fp32 code.)
+TRUSTED_TORCH_LOADS: set[tuple[str, str]] = set()
 #: the allow-list unpickler and the one function that uses it.
 TRUSTED_UNPICKLERS = {("linearizer/data/mnist.py", "NumpyOnlyUnpickler"), ("linearizer/data/mnist.py", "safe_unpickle")}
 BANNED_MODULES = ("cloudpickle", "dill", "joblib", "mlflow.pytorch", "shelve", "marshal")
@@ -75,7 +75,7 @@ class _Scan(ast.NodeVisitor):
         self.generic_visit(node)
         self.stack.pop()
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _scoped
+    visit_FunctionDef = visit_AsyncFunctionDef = _scoped
 
     def _add(self, node: ast.AST, what: str) -> None:
         self.found.append((self.rel, self.stack[-1], node.lineno, what))
@@ -110,7 +110,7 @@ class _Scan(ast.NodeVisitor):
             self._add(node, name)
         self.generic_visit(node)
 
-    def visit_ClassDef(self, node: ast.ClassDef) -> None:  # noqa: F811 - also records Unpickler subclasses
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
         if any(_dotted(b) in ("pickle.Unpickler", "Unpickler") for b in node.bases):
             self.found.append((self.rel, node.name, node.lineno, "subclass of pickle.Unpickler"))
         self._scoped(node)
@@ -127,11 +127,8 @@ def test_source_scan_finds_no_untrusted_deserialisation(figures):
     trusted = TRUSTED_TORCH_LOADS | TRUSTED_UNPICKLERS
     untrusted = [f for f in found if (f[0], f[1]) not in trusted]
     assert not untrusted, "deserialisation outside the trusted places:\n" + "\n".join(map(str, untrusted))
-    # The exceptions are what they claim to be: the one torch.load reads DeepSpeed's model
-    # states, and the unpickler overrides find_class.
+    # The exception is what it claims to be: an unpickler that overrides find_class.
     assert {(f[0], f[1]) for f in found} <= trusted
-    train_src = (REPO / "pipelines/train.py").read_text()
-    assert "mp_rank_*_model_states.pt" in train_src
     mnist = ast.parse((REPO / "linearizer/data/mnist.py").read_text())
     unpickler = next(n for n in ast.walk(mnist) if isinstance(n, ast.ClassDef) and n.name == "NumpyOnlyUnpickler")
     assert any(isinstance(n, ast.FunctionDef) and n.name == "find_class" for n in unpickler.body)
@@ -183,10 +180,9 @@ def test_malicious_pickle_as_model_weights_is_refused_and_never_runs(tmp_path, f
     # A torch-style pickle in place of the safetensors file: loading must fail without running it.
     (directory / "model.safetensors").write_bytes(_malicious(marker))
     figures.count("malicious_files_offered")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
         load_model(directory)
     assert not marker.exists(), "the pickle payload ran"
-    assert "safetensors" in type(info.value).__module__.lower() or "header" in str(info.value).lower(), info.value
     figures.count("malicious_files_refused")
 
     # Pickles next to a good model (as another tool would save them) are never read.
@@ -245,7 +241,7 @@ def _free_port() -> int:
 @pytest.mark.timeout(240)
 def test_mlflow_server_script_binds_loopback_by_default(tmp_path, figures):
     port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"), "MLFLOW_PORT": str(port),
            "MLFLOW_WORKERS": "1"}
@@ -268,7 +264,7 @@ def test_mlflow_server_script_binds_loopback_by_default(tmp_path, figures):
         sockets = listening(procs)
         figures.count("listening_sockets_checked", len(sockets))
         assert any(p == port for _, p, _ in sockets), sockets
-        assert all(ip in ("127.0.0.1", "::1") for ip, _, _ in sockets), sockets
+        assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _, _ in sockets), sockets
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
