@@ -128,7 +128,7 @@ def consolidated_state_dict(checkpoint_dir: str | Path, zero_stage: int) -> dict
         files = sorted((checkpoint_dir / tag).glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"no mp_rank_*_model_states.pt under {checkpoint_dir / tag}")
-        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
