@@ -56,6 +56,11 @@ class DataConfig:
         maxcount: samples per shard on auto-build.
         verify: check existing shards against their manifest before training ("shallow":
             sizes and checksums; "deep": decode every sample too; "off").
+        max_skipped: damaged samples (corrupt, misshapen or incomplete; a truncated shard
+            counts the samples it lost) each training worker may skip before the job stops.
+            0, the default, stops at the first. Skips are logged with shard and key and reported
+            as the `data_skipped` metric (all ranks, cumulative). A damaged sample is counted
+            each time its shard is drawn.
     """
 
     shards: str = "data/shards"
@@ -67,6 +72,7 @@ class DataConfig:
     heldout_limit: int | None = 1000
     maxcount: int = 1000
     verify: Literal["off", "shallow", "deep"] = "shallow"
+    max_skipped: int = 0
 
     def validate(self, path: str) -> None:
         _check(bool(self.shards), f"{path}.shards must name a directory, got {self.shards!r}")
@@ -76,6 +82,7 @@ class DataConfig:
         _check(self.heldout_limit is None or self.heldout_limit >= 1,
                f"{path}.heldout_limit must be >= 1 or null, got {self.heldout_limit}")
         _check(self.maxcount >= 1, f"{path}.maxcount must be >= 1, got {self.maxcount}")
+        _check(self.max_skipped >= 0, f"{path}.max_skipped must be >= 0, got {self.max_skipped}")
         _check(self.source != "digits" or (self.split == "train" and self.heldout_split is None),
                f"{path}: the digits source has one split, 'train': set split=train and heldout_split=null, "
                f"got split={self.split!r}, heldout_split={self.heldout_split!r}")

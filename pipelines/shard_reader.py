@@ -17,7 +17,9 @@ runs out of batches early leaves the others waiting forever. Splitting shards ac
 
 Batches are dicts: `image` float `[B, C, H, W]` in [0, 1], `label` long `[B]`, one float image
 tensor per extra PNG field (e.g. `target`), one long tensor per extra integer field (e.g.
-`style`), lists for JSON fields and for `__key__` / `__url__`.
+`style`), lists for JSON fields and for `__key__` / `__url__`, and `__skipped__`, the number of
+damaged samples skipped since the previous batch (always 0 unless `max_skipped > 0`; see
+`pipelines.shard_stream`).
 
 Example:
     >>> batches = iter_batches("data/shards", "mnist-train", batch_size=256, rank=r, world_size=2, seed=0, steps=1000)
@@ -39,6 +41,7 @@ import webdataset as wds
 from torch import Tensor
 
 from .shard_format import ShardError, check_sample, field_name, load_manifest
+from .shard_stream import SkipBudget, tar_samples
 
 SHUFFLE_BUFFER = 1000
 
@@ -85,26 +88,20 @@ def decode_sample(sample: dict[str, Any], schema: dict[str, Any] | None = None) 
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack decoded samples: tensors -> `[B, ...]`, ints -> long `[B]`, anything else -> list."""
+    """Stack decoded samples: tensors -> `[B, ...]`, ints -> long `[B]`, `__skipped__` -> its sum,
+    anything else -> list."""
     batch: dict[str, Any] = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        if isinstance(values[0], Tensor):
+        if name == "__skipped__":
+            batch[name] = sum(values)
+        elif isinstance(values[0], Tensor):
             batch[name] = torch.stack(values)
         elif isinstance(values[0], int) and not name.startswith("__"):
             batch[name] = torch.tensor(values, dtype=torch.long)
         else:
             batch[name] = values
     return batch
-
-
-def _raise_shard_error(exn: Exception) -> bool:
-    """WebDataset error handler: re-raise as ShardError. WebDataset appends the shard url (and
-    the open stream, whose repr names the file) to the exception's args."""
-    if isinstance(exn, ShardError):
-        raise exn
-    context = "; ".join(str(a) for a in exn.args if a is not None)
-    raise ShardError(f"cannot read shard: {type(exn).__name__}: {context}") from exn
 
 
 # Stages are module-level functions bound with `partial` (not lambdas), so that the pipeline
@@ -120,10 +117,24 @@ def _split_by_rank(src: Iterator[Any], rank: int, world_size: int) -> Iterator[A
     return itertools.islice(src, rank, None, world_size)
 
 
+def _decode(src: Iterator[dict[str, Any]], schema: dict[str, Any] | None, budget: SkipBudget
+            ) -> Iterator[dict[str, Any]]:
+    """Decode stage: a damaged sample raises, or is skipped when the budget allows it; every
+    decoded sample carries the skips since the previous one (`__skipped__`)."""
+    for sample in src:
+        try:
+            decoded = decode_sample(sample, schema)
+        except ShardError as e:
+            budget.skip(e)
+            continue
+        decoded["__skipped__"] = budget.take_unreported()
+        yield decoded
+
+
 def make_webdataset(urls: list[str] | str, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
                     world_size: int = 1, resampled: bool = False, epoch_len: int | None = None,
-                    schema: dict[str, Any] | None = None, shuffle_buffer: int = SHUFFLE_BUFFER
-                    ) -> wds.DataPipeline:
+                    schema: dict[str, Any] | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
+                    max_skipped: int = 0, counts: dict[str, int] | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline of decoded, batched samples for one rank.
 
     Args:
@@ -137,6 +148,9 @@ def make_webdataset(urls: list[str] | str, batch_size: int, shuffle: bool = True
             resampled; with `resampled`, it bounds the otherwise endless stream).
         schema: the manifest schema; when given, every sample's keys and image shapes are checked.
         shuffle_buffer: samples held by the shuffle buffer.
+        max_skipped: damaged samples this stream (each DataLoader worker's) may skip, counted in
+            the batches' `__skipped__`; 0 stops at the first damaged sample or shard.
+        counts: samples per shard url (from the manifest): a shard that ends early is damaged.
 
     Returns:
         A `webdataset.DataPipeline` (an `IterableDataset`; wrap it in `wds.WebLoader(ds,
@@ -172,17 +186,20 @@ def make_webdataset(urls: list[str] | str, batch_size: int, shuffle: bool = True
         stages.append(wds.split_by_worker)
         if shuffle:  # a new order of this rank's shards on every pass, seeded by (seed, rank, pass)
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed * 1_000_003 + rank))
-    stages.append(wds.tarfile_to_samples(handler=_raise_shard_error))
+    # One budget shared by the two stages that can meet damage (a DataLoader worker gets its own copy).
+    budget = SkipBudget(max_skipped)
+    stages.append(partial(tar_samples, budget=budget, counts=dict(counts or {})))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1_000_003 + rank))
-    stages.append(wds.map(partial(decode_sample, schema=schema)))
+    stages.append(partial(_decode, schema=schema, budget=budget))
     stages.append(wds.batched(batch_size, collation_fn=collate, partial=False))
     pipeline = wds.DataPipeline(*stages)
     return pipeline.with_epoch(epoch_len) if epoch_len is not None else pipeline
 
 
 def iter_batches(directory: str | Path, prefix: str | None, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, steps: int = 1, num_workers: int = 0) -> Iterator[dict[str, Any]]:
+                 seed: int = 0, steps: int = 1, num_workers: int = 0, max_skipped: int = 0
+                 ) -> Iterator[dict[str, Any]]:
     """Exactly `steps` batches for this rank, from a verified-by-manifest shard set.
 
     Every rank gets the same number of batches (the stream is resampled, hence endless), so a
@@ -195,6 +212,8 @@ def iter_batches(directory: str | Path, prefix: str | None, batch_size: int, ran
         seed: base seed (ranks and workers derive distinct streams from it).
         steps: number of batches to yield.
         num_workers: DataLoader worker processes decoding in parallel (0 decodes in-process).
+        max_skipped: damaged samples each reading process may skip (0: stop at the first);
+            skips are counted in the batches' `__skipped__`.
 
     Yields:
         Batch dicts (see the module docstring).
@@ -207,7 +226,8 @@ def iter_batches(directory: str | Path, prefix: str | None, batch_size: int, ran
     manifest = load_manifest(directory, prefix)
     urls = shard_urls(directory, manifest.prefix)
     dataset = make_webdataset(urls, batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size,
-                              resampled=True, schema=manifest.schema)
+                              resampled=True, schema=manifest.schema, max_skipped=max_skipped,
+                              counts={str(Path(directory) / s.name): s.count for s in manifest.shards})
     source = dataset if num_workers == 0 else wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
     produced = 0
     for batch in itertools.islice(iter(source), steps):

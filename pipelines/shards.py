@@ -17,18 +17,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tarfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from webdataset import TarWriter
-from webdataset.tariterators import base_plus_ext
 
 from .shard_format import (FORMAT, MANIFEST, Manifest, ShardError, ShardInfo, brace_names, check_sample,
                            encode_sample, file_digest, is_shard_of, load_manifest, locked, read_manifests,
                            shard_name, write_manifests)
+from .shard_stream import SkipBudget, shard_samples
 
 __all__ = ["FORMAT", "MANIFEST", "Manifest", "ShardError", "ShardInfo", "load_manifest", "read_manifests",
            "scan_shard", "verify_all", "verify_shards", "write_shards"]
@@ -171,46 +170,20 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
 # --------------------------------------------------------------------------------------------
 
 
-def scan_shard(path: Path, schema: dict[str, Any]) -> int:
+def scan_shard(path: Path, schema: dict[str, Any], expected: int | None = None) -> int:
     """Read every sample of one shard, check it against `schema`; return the sample count.
 
+    The training reader's own tar stream (`shard_stream.shard_samples`) reads it, so a shard
+    passes verification exactly when the workers can read it.
+
     Raises:
-        ShardError: a truncated or corrupt tar, a duplicated key, or a bad sample (see
-            `check_sample`), naming the shard and the sample key.
+        ShardError: a truncated or corrupt tar, a duplicated key, a bad sample (see
+            `check_sample`), or fewer samples than `expected`, naming the shard and the key.
     """
     count = 0
-    seen: set[str] = set()
-    current: dict[str, Any] | None = None
-    last_key = None
-
-    def flush() -> None:
-        nonlocal count
-        if current is not None:
-            check_sample(current, schema, str(path))
-            count += 1
-
-    try:
-        with tarfile.open(path, mode="r|") as tar:  # sequential, as WebDataset reads
-            for member in tar:
-                if not member.isreg():
-                    continue
-                key, ext = base_plus_ext(member.name)
-                if key is None:
-                    raise ShardError(f"{path}: member {member.name!r} is not named KEY.EXT")
-                data = tar.extractfile(member).read()
-                if current is None or key != current["__key__"]:
-                    flush()
-                    if key in seen:
-                        raise ShardError(f"{path}: sample {key!r}: key appears twice (members not contiguous)")
-                    seen.add(key)
-                    current = {"__key__": key}
-                if ext in current:
-                    raise ShardError(f"{path}: sample {key!r}: duplicate member {member.name!r}")
-                current[ext] = data
-                last_key = key
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardError(f"{path}: truncated or corrupt tar after sample {last_key!r}: {e}") from e
-    flush()
+    for sample in shard_samples(str(path), SkipBudget(0), expected):
+        check_sample(sample, schema, str(path))
+        count += 1
     return count
 
 
@@ -257,7 +230,7 @@ def verify_shards(directory: str | Path, prefix: str | None = None, deep: bool =
         count = None
         if deep:
             try:
-                count = scan_shard(path, manifest.schema)
+                count = scan_shard(path, manifest.schema, info.count)
             except ShardError as e:
                 problem = e
         if digest != info.sha256 or size != info.bytes:

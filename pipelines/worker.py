@@ -182,7 +182,8 @@ class Trainer:
             return iter(())
         # A resumed run draws a fresh stream seeded by where it resumes: deterministic, no replay.
         return iter_batches(self.job.data.shards, self.job.data.train_prefix, self.micro_batch, self.rank, self.world,
-                            seed=_seed(self.job.train.seed, start_step) % (2**31), steps=remaining)
+                            seed=_seed(self.job.train.seed, start_step) % (2**31), steps=remaining,
+                            max_skipped=self.job.data.max_skipped)
 
     def _initialize(self, model: nn.Module, batch: dict[str, Any]) -> None:
         """Run the kind's loss once without gradients so data-dependent layers initialise, then
@@ -279,9 +280,11 @@ class Trainer:
         self.engine.train()
         window_start, window_steps = time.perf_counter(), 0
         metrics: dict[str, Any] = {"step": self.start_step, **common}
+        skipped = 0  # damaged samples this rank skipped since it started (data.max_skipped)
         for step in range(self.start_step + 1, t.steps + 1):
             self._maybe_die(step)
             batch = _to(next(self.batches), self.device)
+            skipped += batch.pop("__skipped__", 0)
             generator = torch.Generator().manual_seed(_seed(t.seed, self.rank, step))
             with self._precision():
                 loss, terms = self.kind.loss(self.engine.module, batch, generator)
@@ -291,7 +294,12 @@ class Trainer:
             window_steps += 1
             last = step == t.steps
             if (t.log_every and step % t.log_every == 0) or last:
-                logs = mean_across_ranks({"loss": float(loss.detach()), **terms})
+                logs = {"loss": float(loss.detach()), **terms}
+                if job.data.max_skipped:
+                    logs["data_skipped"] = float(skipped)
+                logs = mean_across_ranks(logs)
+                if "data_skipped" in logs:  # a sum over ranks, not a mean
+                    logs["data_skipped"] = round(logs["data_skipped"] * self.world)
                 elapsed = time.perf_counter() - window_start
                 logs["samples_per_s"] = window_steps * t.batch_size / max(elapsed, 1e-9)
                 grad_norm = self.engine.get_global_grad_norm()

@@ -8,9 +8,10 @@ of step) are injected into a real 8x8 digits shard set, then the job's own data 
 - with `verify: off`, the reader every training worker runs (`pipelines.data.iter_batches`,
   resampled shards, one micro-batch per rank and step, exactly the worker's arguments).
 
-Each must raise `ShardError` naming the shard file and, where one applies, the sample key. The
-pipeline has no "skip bad samples" option, so no fault may pass silently (docs/reliability.md
-lists that as a gap).
+Each must raise `ShardError` naming the shard file and, where one applies, the sample key.
+Only when a job opts in (`data.max_skipped = N`) are damaged samples skipped instead: each one
+counted in the batches (`__skipped__`, reported by the trainer as `data_skipped`), never
+returned, and the stream stops once more than N would be skipped.
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ def truncate_tar(shards: Path) -> Damage:
     return Damage(SHARD, (cut.name.split(".")[0], previous.name.split(".")[0]))
 
 
+def truncate_tar_at_header(shards: Path) -> Damage:
+    """Cut the shard exactly at a member header: `tarfile` reads this as a clean end of the
+    archive, so only the manifest's sample count reveals the loss."""
+    path = shards / SHARD
+    with tarfile.open(path) as tar:
+        members = [m for m in tar if m.isreg()]
+    cut = members[len(members) // 2]
+    previous = members[members.index(cut) - 1]
+    path.write_bytes(path.read_bytes()[: cut.offset])
+    return Damage(SHARD, (previous.name.split(".")[0],))
+
+
 def corrupt_png(shards: Path) -> Damage:
     key = _victim(shards)
     members = [(n, b"\x89PNG\r\n\x1a\n" + d[8:40] if n == f"{key}.png" else d) for n, d in _members(shards / SHARD)]
@@ -109,6 +122,7 @@ def shard_missing(shards: Path) -> Damage:
 
 FAULTS: dict[str, Callable[[Path], Damage]] = {
     "truncated tar": truncate_tar,
+    "tar cut at a member header": truncate_tar_at_header,
     "corrupt png": corrupt_png,
     "missing key": missing_key,
     "wrong image size": wrong_image_size,
@@ -129,13 +143,18 @@ def _job(tmp_path: Path, shards: Path, verify: str):
                     data={"source": "none", "prefix": PREFIX, "verify": verify})
 
 
-def _read_like_a_worker(shards: Path) -> int:
-    """Every rank's batches, with the arguments `pipelines.worker.Trainer` passes; returns samples read."""
-    read = 0
+def _read_like_a_worker(shards: Path, max_skipped: int = 0, keys: set[str] | None = None) -> tuple[int, int]:
+    """Every rank's batches, with the arguments `pipelines.worker.Trainer` passes; returns the
+    samples read and the skips the batches report. `keys` collects the keys read."""
+    read = skipped = 0
     for rank in range(WORLD):
-        for batch in iter_batches(shards, PREFIX, BATCH // WORLD, rank, WORLD, seed=0, steps=STEPS):
+        for batch in iter_batches(shards, PREFIX, BATCH // WORLD, rank, WORLD, seed=0, steps=STEPS,
+                                  max_skipped=max_skipped):
             read += len(batch["__key__"])
-    return read
+            skipped += batch["__skipped__"]
+            if keys is not None:
+                keys.update(batch["__key__"])
+    return read, skipped
 
 
 def _assert_names(error: BaseException, damage: Damage, shards: Path) -> None:
@@ -148,7 +167,7 @@ def _assert_names(error: BaseException, damage: Damage, shards: Path) -> None:
 def test_the_undamaged_set_reads_cleanly(tmp_path, shards):
     """The baseline of the faults below: same reader, same steps, no error."""
     assert ensure_shards(_job(tmp_path, shards, "deep")) == {PREFIX: 64}
-    assert _read_like_a_worker(shards) == STEPS * BATCH
+    assert _read_like_a_worker(shards) == (STEPS * BATCH, 0)
 
 
 @pytest.mark.parametrize("verify", ["shallow", "deep"])
@@ -164,14 +183,7 @@ def test_preflight_stops_the_job_naming_the_shard(tmp_path, shards, fault, verif
         _assert_names(info.value, damage, shards)
 
 
-_TRUNCATED_READER_GAP = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="gap: the worker's reader reports a truncated tar with the shard name but no sample key "
-           "(pipelines.shard_reader._raise_shard_error only sees tarfile's error)")
-
-
-@pytest.mark.parametrize("fault", [pytest.param(f, marks=_TRUNCATED_READER_GAP) if f == "truncated tar" else f
-                                   for f in FAULTS])
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_worker_data_path_raises_naming_shard_and_key(tmp_path, shards, fault, figures):
     """With pre-flight verification off, the damage reaches the workers' reader, which must
     stop with the shard and the key rather than train on, or skip, silently."""
@@ -205,3 +217,77 @@ def test_unlisted_shard_stops_verification_and_is_never_read(tmp_path, shards, f
         keys.update(batch["__key__"])
     assert str(stray) not in urls and not any(k.startswith("stray") for k in keys)
     assert urls == {str(shards / s.name) for s in load_manifest(shards, PREFIX).shards}
+
+
+#: the faults that damage samples inside a listed shard (a missing shard file is not a sample:
+#: it stops the job whatever `max_skipped` says, before any reading).
+SKIPPABLE = [f for f in FAULTS if f != "shard missing from the manifest's set"]
+
+
+@pytest.mark.parametrize("fault", SKIPPABLE)
+def test_opt_in_skip_counts_every_damaged_sample_and_returns_none(tmp_path, shards, fault, figures):
+    """`max_skipped` large: the stream delivers every batch from the intact samples, reports
+    the skips, and never hands out a damaged sample."""
+    damage = FAULTS[fault](shards)
+    figures.count("data_faults_injected")
+    keys: set[str] = set()
+    read, skipped = _read_like_a_worker(shards, max_skipped=10**6, keys=keys)
+    assert read == STEPS * BATCH
+    assert skipped >= 1
+    if fault in ("corrupt png", "missing key", "wrong image size"):
+        assert not keys & set(damage.keys), keys & set(damage.keys)
+    figures.count("data_faults_skipped_and_counted")
+
+
+@pytest.mark.parametrize("fault", SKIPPABLE)
+def test_skip_limit_stops_the_stream_naming_shard_and_key(tmp_path, shards, fault, figures):
+    """The damaged shard is drawn again and again (resampled shards): past the limit the
+    stream stops, with the usual message and the limit named."""
+    damage = FAULTS[fault](shards)
+    figures.count("data_faults_injected")
+    with pytest.raises(ShardError, match="skip limit reached") as info:
+        _read_like_a_worker(shards, max_skipped=1)
+    _assert_names(info.value, damage, shards)
+    figures.count("data_faults_stopped_naming_shard")
+
+
+def test_max_skipped_must_not_be_negative(tmp_path, shards):
+    from linearizer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_skipped must be >= 0"):
+        tiny_job(tmp_path, "neg", shards, "sqlite:///unused.db", None, data={"max_skipped": -1})
+
+
+def _corrupt_one_png_per_shard(shards: Path) -> list[str]:
+    """The fifth sample of every shard gets a corrupt PNG: any stream meets damage early."""
+    keys = []
+    for path in sorted(shards.glob(f"{PREFIX}-*.tar")):
+        members = _members(path)
+        key = members[2 * 4][0].split(".")[0]
+        _write_members(path, [(n, b"\x89PNG\r\n\x1a\n" + d[8:40] if n == f"{key}.png" else d) for n, d in members])
+        keys.append(key)
+    return keys
+
+
+@pytest.mark.slow
+def test_a_training_job_that_opts_in_reports_its_skips_in_the_run_metrics(
+        ray_local, mlflow_store, tmp_path, shards, figures):
+    """The whole path: Ray Train workers skip the damaged samples, the run finishes, and the
+    MLflow run carries `data_skipped` (summed over ranks, cumulative)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import train
+
+    _corrupt_one_png_per_shard(shards)
+    figures.count("data_faults_injected", 4)
+    cfg = tiny_job(tmp_path, "data-skip", shards, mlflow_store.tracking_uri, mlflow_store.artifact_location,
+                   data={"source": "none", "prefix": PREFIX, "verify": "off", "max_skipped": 1000})
+    train(cfg)
+    client = MlflowClient(mlflow_store.tracking_uri)
+    run, = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "data_skipped"),
+                                       key=lambda m: m.step)]
+    assert len(history) == cfg.train.steps and history[-1] >= 1, history
+    assert history == sorted(history)  # cumulative
+    figures.count("data_faults_skipped_and_counted", 4)
