@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the models already saved in OUT_DIR (their training record from the previous "
+                        "results file) instead of training new ones")
     p.add_argument("--onestep-model", help="a saved onestep model whose FID to report alongside")
     p.add_argument("--out-dir", default="runs/projective_figures", help="saved models")
     p.add_argument("--results", help="results JSON, rewritten after each rank (default: OUT_DIR/results.json)")
@@ -94,7 +97,15 @@ def random_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[dict[
 
 
 def train(args: argparse.Namespace, rank: int, images: Tensor) -> tuple[torch.nn.Module, dict]:
-    """Train one rank within the budget, save it and reload it (the measured model is the saved one)."""
+    """Train one rank within the budget, save it and reload it (the measured model is the saved one).
+    With `--reuse`, load the saved model of this rank and the training record of its last results."""
+    saved = Path(args.out_dir) / f"rank{rank}"
+    if args.reuse:
+        if not (saved / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--reuse: no saved model in {saved}")
+        record = args.previous.get("ranks", {}).get(str(rank), {}).get("training", {})
+        model, _ = load_model(saved)
+        return model.to(args.device), {**record, "reused": True}
     cfg = projective_config(rank=rank, symmetric=not args.oblique, depth=args.depth, hidden=args.hidden)
     cfg = apply_overrides(cfg, args.set) if args.set else cfg
     kind = get_kind("projective")
@@ -205,6 +216,9 @@ def onestep_fid(args: argparse.Namespace, test: Tensor, extractor) -> dict | Non
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    results_file = Path(args.results or Path(args.out_dir) / "results.json")
+    # read before this run rewrites it: --reuse carries the training records over
+    args.previous = json.loads(results_file.read_text()) if args.reuse and results_file.is_file() else {}
     # TF32 would round convolutions to 10-bit mantissas: float32 must mean float32 here, both for
     # the idempotency figures and for comparing with the CPU run.
     torch.backends.cudnn.allow_tf32 = False

@@ -5,6 +5,12 @@ Linearizer `g^-1 P g` is idempotent on every input, trained or not:
 
 - symmetric (orthogonal projector): `P = Q Q^T` with `Q = qr(W).Q` orthonormal, `W [d, k]` free;
 - oblique: `P = U (V^T U)^-1 V^T` with `U, V [d, k]` free (range U, kernel V^perp).
+
+`apply` works in float64 whatever the parameters' dtype and rounds once at the end. In a
+float32 projective Linearizer the projector's own round-off (a QR and two length-d reductions)
+was the largest single term of the idempotency error `f(f(x)) - f(x)`, about half of it; in
+float64 it is gone, at `O(d k)` flops per row, a sliver of the invertible network's cost.
+(Devices without float64, such as Apple's MPS, cannot run it.)
 """
 
 from __future__ import annotations
@@ -54,28 +60,39 @@ class Projector(LinearOperator):
     def rank(self) -> int:
         return self.k
 
+    def _basis64(self) -> Tensor:
+        return torch.linalg.qr((self.W if self.symmetric else self.U).to(torch.float64))[0]
+
     def basis(self) -> Tensor:
-        """An orthonormal basis `[d, k]` of the range of P (for the symmetric kind, the Q of P = Q Q^T)."""
-        return torch.linalg.qr(self.W if self.symmetric else self.U)[0]
+        """An orthonormal basis `[d, k]` of the range of P (for the symmetric kind, the Q of P = Q Q^T),
+        computed in float64 and returned in the parameters' dtype."""
+        W = self.W if self.symmetric else self.U
+        return self._basis64().to(W.dtype)
 
     def _core(self) -> Tensor:
         """`C = V^T U` (oblique only)."""
         return self.V.T @ self.U
 
     def apply(self, z: Tensor) -> Tensor:
+        """`z P^T` for rows `z [B, d]`, computed in float64 (see the module docstring), returned in z's dtype."""
         check_batch(z, self.d, self)
+        z64 = z.to(torch.float64)
         if self.symmetric:
-            Q = self.basis()
-            return (z @ Q) @ Q.T
+            Q = self._basis64()
+            return ((z64 @ Q) @ Q.T).to(z.dtype)
+        U, V = self.U.to(torch.float64), self.V.to(torch.float64)
         # z P^T = (z V) C^-T U^T, and (z V) C^-T = (C^-1 (z V)^T)^T
-        return torch.linalg.solve(self._core(), (z @ self.V).T).T @ self.U.T
+        return (torch.linalg.solve(V.T @ U, (z64 @ V).T).T @ U.T).to(z.dtype)
 
     def apply_transpose(self, y: Tensor) -> Tensor:
+        """`y P` for rows `y [B, d]`, in float64 like `apply`."""
         check_batch(y, self.d, self, "transpose input")
         if self.symmetric:
             return self.apply(y)
+        y64 = y.to(torch.float64)
+        U, V = self.U.to(torch.float64), self.V.to(torch.float64)
         # y P = (y U) C^-1 V^T, and (y U) C^-1 = (C^-T (y U)^T)^T
-        return torch.linalg.solve(self._core().T, (y @ self.U).T).T @ self.V.T
+        return (torch.linalg.solve((V.T @ U).T, (y64 @ U).T).T @ V.T).to(y.dtype)
 
     def low_rank(self) -> LowRank:
         """P as a (fixed) LowRank: `Q Q^T`, or `(U C^-1) V^T`."""
