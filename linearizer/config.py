@@ -160,6 +160,17 @@ class ModelConfig:
     def validate(self, path: str) -> None:
         _check(all(s >= 1 for s in self.image_shape), f"{path}.image_shape must be positive, got {self.image_shape}")
 
+    def chw(self) -> tuple[int, int, int]:
+        """`image_shape` as the `(C, H, W)` ints a model is built for.
+
+        Raises:
+            ConfigError: not three positive sizes (models may be built from unvalidated configs).
+        """
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ConfigError(f"image_shape must be (C, H, W) with positive int sizes, got {self.image_shape}")
+        return shape
+
 
 @dataclass
 class TrainConfig:

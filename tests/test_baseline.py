@@ -17,13 +17,7 @@ from linearizer.onestep import OneStepLinearizer
 from linearizer.training import TensorBatches, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(shape=(1, 8, 8), **sampler) -> ModelConfig:

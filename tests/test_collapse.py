@@ -13,24 +13,12 @@ from linearizer.onestep.samplers import make_grid
 from linearizer.operators.dense import Dense
 from linearizer.operators.identity_lowrank import IdentityPlusLowRank
 
+from tests.tiny_onestep import make_nonlinear
+
 RANK = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_nonlinear(model: OneStepLinearizer, seed: int, scale: float = 0.05) -> None:
-    """Jitter every flow weight: couplings start as the identity, which would leave g affine."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.g_x.net.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(shape=(1, 8, 8), dtype=torch.float64, seed=0) -> OneStepLinearizer:

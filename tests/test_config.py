@@ -75,3 +75,15 @@ def test_files(tmp_path):
         load_config(ModelConfig, tmp_path / "missing.json")
     dump_config(ModelConfig(), tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text())["flow"]["depth"] == 4
+
+
+@pytest.mark.parametrize("kind", ["onestep", "projective", "style", "fm_baseline"])
+@pytest.mark.parametrize("shape", [(1, 32), (1, 32, 32, 1), (0, 32, 32), (1, 32.0, 32)])
+def test_every_model_refuses_a_shape_that_is_not_chw(kind, shape):
+    """Models can be built from configs that never went through validation (a dict, a test):
+    every kind checks the shape through the same `ModelConfig.chw`."""
+    import linearizer.baselines  # noqa: F401 - registers fm_baseline
+    from linearizer.kinds import get_kind
+
+    with pytest.raises(ConfigError, match=r"image_shape must be \(C, H, W\)"):
+        get_kind(kind).build(ModelConfig(kind=kind, image_shape=shape))

@@ -19,7 +19,6 @@ from linearizer.config import ConfigError, FlowConfig
 from linearizer.flows import (
     ActNorm,
     AffineCoupling,
-    Flow,
     InvConv1x1,
     InvertibleModule,
     MLPConditioner,
@@ -71,13 +70,7 @@ BY_NAME = {c.name: c for c in CASES}
 CONTRACT = [pytest.param(c, d, r, id=f"{c.name}-{str(d)[6:]}-role{r}") for c in CASES for d in DTYPES for r in c.roles]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and contend on shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_roles(case: Case, batch: int) -> Tensor | None:

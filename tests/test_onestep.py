@@ -19,24 +19,12 @@ from linearizer.spaces import InducedSpace
 from linearizer.training import TensorBatches, fit
 from linearizer.viz import save_grid, save_strip
 
+from tests.tiny_onestep import make_nonlinear
+
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_nonlinear(model: OneStepLinearizer, seed: int, scale: float = 0.05) -> None:
-    """Jitter every flow weight: couplings start as the identity, which would leave g affine."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.g_x.net.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(shape=SHAPE, **loss) -> ModelConfig:

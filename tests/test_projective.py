@@ -42,13 +42,7 @@ RANK = 4
 VARIANTS = {"symmetric": True, "oblique": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these shapes are too small to share, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(symmetric: bool = True, shape: tuple[int, int, int] = SHAPE, rank: int = RANK):

@@ -226,10 +226,8 @@ class FlowMatchingBaseline(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if len(cfg.image_shape) != 3:
-            raise ConfigError(f"image_shape must be (C, H, W), got {cfg.image_shape}")
         self.cfg = cfg
-        self.image_shape = tuple(int(s) for s in cfg.image_shape)
+        self.image_shape = cfg.chw()
         self.v = VelocityUNet(self.image_shape, cfg.flow.hidden, cfg.flow.depth, cfg.operator.time_embed_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

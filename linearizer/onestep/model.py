@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
 from ..flows import build_maps
 from ..operators.dense import Dense
 from ..operators.identity_lowrank import IdentityPlusLowRank
@@ -74,10 +74,8 @@ class OneStepLinearizer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if len(cfg.image_shape) != 3:
-            raise ConfigError(f"image_shape must be (C, H, W), got {cfg.image_shape}")
         self.cfg = cfg
-        self.image_shape = tuple(int(s) for s in cfg.image_shape)
+        self.image_shape = cfg.chw()
         self.d = math.prod(self.image_shape)
         self.g_x, self.g_y = build_maps(self.image_shape, cfg.flow)
         op = cfg.operator

@@ -53,10 +53,8 @@ class ProjectiveModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if len(cfg.image_shape) != 3:
-            raise ConfigError(f"image_shape must be (C, H, W), got {cfg.image_shape}")
         self.cfg = cfg
-        self.image_shape = tuple(int(s) for s in cfg.image_shape)
+        self.image_shape = cfg.chw()
         self.d = math.prod(self.image_shape)
         if cfg.operator.rank > self.d:
             raise ConfigError(f"operator.rank is the projector's rank k and must be <= d = {self.d} "

@@ -65,10 +65,8 @@ class StyleModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if len(cfg.image_shape) != 3:
-            raise ConfigError(f"image_shape must be (C, H, W) for a style model, got {cfg.image_shape}")
         self.cfg = cfg
-        self.image_shape: tuple[int, int, int] = tuple(int(s) for s in cfg.image_shape)
+        self.image_shape = cfg.chw()
         self.d = math.prod(self.image_shape)
         self.styles = check_styles(cfg.operator.styles)
         self.g_x, self.g_y = build_maps(self.image_shape, cfg.flow)
