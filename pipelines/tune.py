@@ -37,7 +37,7 @@ from linearizer.config import ConfigError, apply_overrides, to_dict
 from linearizer.kinds import get_kind
 
 from .runtime import prepare_environment, ray_session, resolve_local, worker_env
-from .tracking import TrackingRun, end_run, redact, resolve_tracking, start_run
+from .tracking import TrackingRun, check_tracking_server, end_run, redact, resolve_tracking, start_run
 from .tune_config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
                           trial_count, trial_job)
@@ -259,7 +259,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
     Returns:
         The outcome, also written to `<output_dir>/<name>/sweep.json`.
     """
-    from .train import ensure_shards
+    from .train import check_storage, ensure_shards
     from .tune_summary import summarize
 
     started = time.perf_counter()
@@ -268,6 +268,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
         importlib.import_module(module)
     kind = get_kind(cfg.job.model.kind)
     cfg = resolve_sweep(cfg)
+    # the training job's pre-flight: fail before data, Ray or MLflow work starts
+    check_storage(cfg.job.resolved_storage_path())
+    check_tracking_server(resolve_tracking(cfg.job)[0])
     ensure_shards(cfg.job)
     if cfg.validation.fid_samples:
         cfg.validation.extractor()  # train and cache the FID classifier once, before trials need it
@@ -315,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(json.dumps(redact(asdict(outcome)), indent=2, default=str))
     if outcome.interrupted:
         print(f"sweep {outcome.name!r} was interrupted: rerun the same command to continue it", file=sys.stderr)

@@ -103,6 +103,10 @@ CASES: dict[str, Case] = {
     "tune: missing config file": Case(("-m", "pipelines.tune", "--config", "{tmp}/none.yaml"),
                                       ("config file not found",), 2),
     "tune: unknown flag": Case(("-m", "pipelines.tune", "--sweep"), ("unrecognized arguments",), 2),
+    "tune: MLflow unreachable": Case(("-m", "pipelines.tune", "--set", "job.mlflow.tracking_uri=http://127.0.0.1:9"),
+                                     ("127.0.0.1:9",), 3, timeout_s=90),
+    "tune: unwritable storage": Case(("-m", "pipelines.tune", "--set", "job.storage_path={job}/ray_results"),
+                                     ("storage_path {job}/ray_results is not a writable directory",), 3),
     "main: unknown key": Case(("-m", "pipelines.main", "--set", "train.stepz=1"), ("unknown config key",), 2),
 }
 
