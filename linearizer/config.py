@@ -42,7 +42,10 @@ class FlowConfig:
         depth: number of blocks (ActNorm -> coupling -> coupling -> 1x1 conv); the "flow depth".
         hidden: channels (U-Net) or units (MLP) of the coupling conditioners.
         conditioner: "unet" for images, "mlp" for flat vectors.
-        clamp: soft bound on the coupling log-scales.
+        clamp: soft bound on the coupling log-scales, `|log s| < clamp` per coupling. 2, not
+            the reference's 5: with 5, `g_y^-1` may expand a code by up to e^5 per coupling,
+            and the noise pre-image of a real image (inversion) leaves float32's range; see
+            docs/onestep.md for the measured effect.
         shared: one network serves `g_x` and `g_y` through a role flag (the paper's choice);
             False builds two separate networks.
     """
@@ -50,7 +53,7 @@ class FlowConfig:
     depth: int = 4
     hidden: int = 32
     conditioner: Literal["unet", "mlp"] = "unet"
-    clamp: float = 5.0
+    clamp: float = 2.0
     shared: bool = True
 
     def validate(self, path: str) -> None:

@@ -54,7 +54,7 @@ CASES = [
     Case("squeeze", Squeeze, (2, 4, 4), (None,), ("factor=2",)),
     Case("unsqueeze", Unsqueeze, (8, 2, 2), (None,), ("factor=2",)),
     Case("coupling_unet", lambda: AffineCoupling(3, 8, "unet", num_roles=2), (3, 4, 4), (0, 1),
-         ("num_channels=3", "split=1|2", "conditioner=unet", "hidden=8", "clamp=5.0", "num_roles=2")),
+         ("num_channels=3", "split=1|2", "conditioner=unet", "hidden=8", "clamp=2.0", "num_roles=2")),
     Case("coupling_unet_swap_odd_hw", lambda: AffineCoupling(2, 8, "unet", swap=True, clamp=3.0, num_roles=2),
          (2, 3, 5), (0, 1), ("transforms x_a given x_b", "clamp=3.0")),
     Case("coupling_mlp", lambda: AffineCoupling(5, 8, "mlp", num_roles=2), (5,), (0, 1),

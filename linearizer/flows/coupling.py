@@ -46,7 +46,7 @@ class AffineCoupling(InvertibleModule):
         hidden: int,
         conditioner: Literal["unet", "mlp"] = "unet",
         swap: bool = False,
-        clamp: float = 5.0,
+        clamp: float = 2.0,
         num_roles: int = 1,
     ):
         super().__init__()

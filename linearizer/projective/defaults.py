@@ -6,7 +6,7 @@ term cannot go below its sampling noise (exact N(0, I) samples score 0.041 in ba
 0.022 in batches of 128), so with equal weights the code-matching terms would outweigh the
 fixed-point term that makes data reconstructions sharp. The weights below put the pixel term first.
 
-The flow's coupling log-scales are clamped to +-1 (the one-step default is +-5). Idempotency is
+The flow's coupling log-scales are clamped to +-1 (the library default, used by the one-step model, is +-2). Idempotency is
 exact in exact arithmetic; in floating point `f(f(x)) - f(x)` is the round-off of
 `g(g^-1(z)) = z` amplified by the condition number of `g`, which grows like `exp(2 * clamp)` per
 coupling on inputs that saturate the scales (large or constant images). With +-5 a perturbed
