@@ -44,8 +44,8 @@ class FlowConfig:
         conditioner: "unet" for images, "mlp" for flat vectors.
         clamp: soft bound on the coupling log-scales, `|log s| < clamp` per coupling. 2, not
             the reference's 5: with 5, `g_y^-1` may expand a code by up to e^5 per coupling,
-            and the noise pre-image of a real image (inversion) leaves float32's range; see
-            docs/onestep.md for the measured effect.
+            and the noise pre-images of real images (inversion) of a partly trained model
+            leave float32's range; see docs/onestep.md for the measured effect.
         shared: one network serves `g_x` and `g_y` through a role flag (the paper's choice);
             False builds two separate networks.
     """
