@@ -37,6 +37,9 @@ from linearizer.operators import TimeLowRank
 
 from .common import base_parser, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, table, timed_both
 
+#: arguments of the short run of `python -m bench.run_all --quick`.
+QUICK_ARGS = ["--dims", "256", "--steps", "10", "--tols", "1e-6", "1e-3"]
+
 
 def rel_err(x: Tensor, ref: Tensor) -> float:
     return float((x - ref).norm() / ref.norm())
