@@ -91,9 +91,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s:
     raise TimeoutError(f"{what}: not reached after {timeout_s:.0f} s")
 
 
-def listening(procs: list[Proc]) -> list[tuple[str, int, str]]:
-    """(address, port, process name) of every TCP socket in LISTEN state owned by `procs`."""
-    pids = {p.pid: p.name for p in procs if p.alive()}
+def listening(procs: list[Proc], names: dict[int, str] | None = None) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket in LISTEN state owned by `procs`;
+    `names` may name a pid instead of its current name (e.g. every title it has had)."""
+    pids = {p.pid: (names or {}).get(p.pid, p.name) for p in procs if p.alive()}
     out = []
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
