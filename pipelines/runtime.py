@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,10 @@ FORWARDED = (
 )
 #: DeepSpeed JIT-builds a communication op once per extensions directory; keep it stable.
 DEFAULT_EXTENSIONS_DIR = REPO_ROOT / ".cache" / "torch_extensions"
+#: Loggers of Ray components that poll the State API. The State API is served by the dashboard,
+#: which the embedded Ray does not start (fewer processes and ports), so each poll fails and
+#: Ray Train's placement-group cleaner would log a warning every second of every run.
+STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 
 
 def cluster_address(address: str | None = None) -> str | None:
@@ -122,12 +127,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.init(address=address)
         where = address
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # An empty RAY_ADDRESS means "none" here; left in the environment, Ray's own workers read
+        # it as an address and fail (e.g. the placement-group cleaner's State API client).
+        if os.environ.get("RAY_ADDRESS") == "":
+            del os.environ["RAY_ADDRESS"]
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "pipelines.runtime.quiet_state_api_pollers"})
         where = "embedded"
     try:
         yield where
     finally:
         ray.shutdown()
+
+
+def quiet_state_api_pollers() -> None:
+    """Worker set-up hook of the embedded Ray: only errors from `STATE_API_POLLERS`, whose
+    warnings there only say that the (deliberately absent) dashboard does not answer."""
+    for name in STATE_API_POLLERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def node_placement() -> dict[str, object]:
