@@ -39,7 +39,7 @@ from linearizer.onestep.samplers import TimeGrid, integrate, make_grid
 from linearizer.operators import IdentityPlusLowRank, TimeLowRank
 
 from .common import (base_parser, check_device, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, measure,
-                     table, warm_up)
+                     rel_err, table, warm_up)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: arguments of the short run of `python -m bench.run_all --quick`.
@@ -58,12 +58,6 @@ class Build:
     rank: int | str
     err_vs_ode: float
     note: str
-
-
-def rel_err(x: Tensor, ref: Tensor) -> float:
-    """`||x - ref|| / ||ref||` in float64."""
-    x, ref = x.double(), ref.double()
-    return float((x - ref).norm() / ref.norm())
 
 
 def _clocks() -> Tensor:

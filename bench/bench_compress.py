@@ -28,21 +28,16 @@ import sys
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
 from linearizer.io import load_model
 from linearizer.metrics import agreement_db
 from linearizer.onestep.collapse import collapse
 from linearizer.operators import TimeLowRank
 
-from .common import base_parser, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, table, timed_both
+from .common import base_parser, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, rel_err, table, timed_both
 
 #: arguments of the short run of `python -m bench.run_all --quick`.
 QUICK_ARGS = ["--dims", "256", "--steps", "10", "--tols", "1e-6", "1e-3"]
-
-
-def rel_err(x: Tensor, ref: Tensor) -> float:
-    return float((x - ref).norm() / ref.norm())
 
 
 def rows_for(A, d: int, source: str, tols: Sequence[float], args, model=None) -> list[list]:

@@ -206,6 +206,12 @@ def fmt_ratio(x: float) -> str:
     return f"{x:.0f}x" if x >= 100 else f"{x:.2f}x" if x < 10 else f"{x:.1f}x"
 
 
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """`||x - ref|| / ||ref||` in float64."""
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm())
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (readable in a terminal, pasteable into docs/benchmarks.md)."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]

@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linearizer.config import ConfigError
-
 from .config import JobConfig, config_hash, load_job_config
 from .evaluate import EvalOutcome, load_eval_config
 from .evaluate import evaluate as evaluate_registered
-from .runtime import prepare_environment
+from .runtime import prepare_environment, run_cli
 from .tracking import RankZero, redact_uri, resolve_tracking
 from .train import TrainOutcome, train
 
@@ -156,14 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override an evaluation setting, e.g. --eval-set sampling.n=256 (repeatable)")
     args = parser.parse_args(argv)
     prepare_environment()
-    try:
-        summary = run(args.overrides, args.full, args.eval_overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    summary, status = run_cli(lambda: run(args.overrides, args.full, args.eval_overrides))
+    if status:
+        return status
     print(json.dumps(summary, indent=2))
     print(f"\nreport: {summary['report']}\nrun directory: {summary['run_dir']}\nMLflow: {summary['mlflow_ui']}")
     return 0

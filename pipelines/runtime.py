@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from linearizer.config import ConfigError
 
 from .config import REPO_ROOT
 
@@ -138,6 +142,30 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield where
     finally:
         ray.shutdown()
+
+
+T = TypeVar("T")
+
+
+def run_cli(job: Callable[[], T]) -> tuple[T | None, int]:
+    """Run a command-line job with the exit statuses every `python -m pipelines.*` entry point
+    documents: 0 done, 2 bad config, 3 could not run (unreachable MLflow or Ray, unusable
+    storage). The error is printed on stderr as one line, without a traceback.
+
+    Returns:
+        (the job's result or None, the exit status).
+
+    Example:
+        >>> outcome, status = run_cli(lambda: train(load_job_config(path), address))
+    """
+    try:
+        return job(), 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return None, 2
+    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
+        print(f"error: {e}", file=sys.stderr)
+        return None, 3
 
 
 def quiet_state_api_pollers() -> None:

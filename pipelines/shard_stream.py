@@ -72,6 +72,14 @@ class SkipBudget:
         return n
 
 
+class _Broken(Exception):
+    """A tar that could not be read on: the member being read (None: between members) and why."""
+
+    def __init__(self, member: str | None, cause: Exception):
+        super().__init__(member, cause)
+        self.member, self.cause = member, cause
+
+
 def _members(url: str) -> Iterator[tuple[str, bytes]]:
     """Regular members of one tar as `(name, bytes)`; a read error is re-raised as `_Broken`
     carrying the member being read (None: the error came while looking for the next header)."""
@@ -87,12 +95,6 @@ def _members(url: str) -> Iterator[tuple[str, bytes]]:
                 current = None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise _Broken(current, e) from e
-
-
-class _Broken(Exception):
-    def __init__(self, member: str | None, cause: Exception):
-        super().__init__(member, cause)
-        self.member, self.cause = member, cause
 
 
 def shard_samples(url: str, budget: SkipBudget, expected: int | None = None) -> Iterator[dict[str, Any]]:

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from linearizer.config import ConfigError, ModelConfig, to_dict
+from linearizer.config import ModelConfig, to_dict
 from linearizer.io import save_model
 from linearizer.kinds import ModelKind, get_kind
 
 from .config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
-from .runtime import prepare_environment, ray_session, resolve_local, worker_env
+from .runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
 from .tracking import RankZero, TrackingRun, check_tracking_server, end_run, redact, redact_uri, resolve_tracking, start_run
 
 MODEL_DIR = "model"
@@ -285,16 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     args = parser.parse_args(argv)
     prepare_environment(args.address)  # before Ray is imported anywhere
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:
-        outcome = train(cfg, args.address)
-    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    outcome, status = run_cli(lambda: train(load_job_config(args.config, args.overrides), args.address))
+    if status:
+        return status
     print(json.dumps(redact(_jsonable(asdict(outcome))), indent=2))
     return 0
 

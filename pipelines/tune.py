@@ -36,7 +36,7 @@ from typing import Any
 from linearizer.config import ConfigError, apply_overrides, to_dict
 from linearizer.kinds import get_kind
 
-from .runtime import prepare_environment, ray_session, resolve_local, worker_env
+from .runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
 from .tracking import TrackingRun, check_tracking_server, end_run, redact, resolve_tracking, start_run
 from .tune_config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
@@ -312,15 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     args = parser.parse_args(argv)
     prepare_environment(args.address)  # before Ray is imported anywhere
-    try:
-        cfg = load_sweep_config(args.config, args.overrides)
-        outcome = run_sweep(cfg, args.address)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (ConnectionError, OSError) as e:  # pre-flight: unreachable MLflow / Ray, unusable storage
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    outcome, status = run_cli(lambda: run_sweep(load_sweep_config(args.config, args.overrides), args.address))
+    if status:
+        return status
     print(json.dumps(redact(asdict(outcome)), indent=2, default=str))
     if outcome.interrupted:
         print(f"sweep {outcome.name!r} was interrupted: rerun the same command to continue it", file=sys.stderr)

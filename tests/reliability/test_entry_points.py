@@ -38,7 +38,6 @@ class Case:
     says: tuple[str, ...]  # fragments the output (stderr + stdout) must contain
     code: int | None = None  # the exact exit status, when the entry point documents one
     timeout_s: float = 120.0
-    gap: str | None = None  # a known gap: the case is a strict xfail
 
 
 @dataclass
@@ -169,8 +168,7 @@ def launched(tmp_path_factory, mlflow_store):
     pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=c.gap)) if c.gap else n
-                                  for n, c in CASES.items()])
+@pytest.mark.parametrize("name", list(CASES))
 def test_entry_point_fails_cleanly(launched, name, figures):
     futures, values = launched
     case = CASES[name]
