@@ -317,3 +317,226 @@ def test_dockerfile_pins_torch_through_the_constraints():
         if line.startswith("COPY"):
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+
+
+# --------------------------------------------------------------------------------------------
+# A fresh machine: pre-flight, the torch build, declared dependencies
+# --------------------------------------------------------------------------------------------
+
+
+def _load_script(name: str):
+    """A stand-alone script of infra/ as a module (infra/ is not a package: it runs before install)."""
+    spec = importlib.util.spec_from_file_location(f"infra_{name}", INFRA / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+install_torch = _load_script("install_torch")
+
+
+def _executable(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def _closed_port_url() -> str:
+    """An index URL on a loopback port nobody listens on: refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/whl/cpu"
+
+
+class Probes:
+    """Fake probes of `install_torch.choose` that record which were asked."""
+
+    def __init__(self, gpu: bool = False, reachable: bool = False, local: str | None = None):
+        self.answers, self.asked = {"gpu": gpu, "reachable": reachable, "local": local}, []
+
+    def gpu(self):
+        self.asked.append("gpu")
+        return self.answers["gpu"], "GPU 0: fake" if self.answers["gpu"] else "no nvidia-smi on PATH"
+
+    def reachable(self, url):
+        self.asked.append("reachable")
+        return self.answers["reachable"], "HTTP 200" if self.answers["reachable"] else "refused"
+
+    def local(self):
+        self.asked.append("local")
+        return self.answers["local"]
+
+    def choose(self, mode="auto", index="", spec="torch==2.13.0"):
+        return install_torch.choose(mode, index, "https://cpu.example/whl", spec, gpu=self.gpu,
+                                    reachable=self.reachable, local_cpu=self.local)
+
+
+@pytest.mark.parametrize("mode, index, probes, build, args, asked", [
+    ("auto", "", Probes(gpu=True), "cuda", ["torch==2.13.0"], ["gpu"]),
+    ("auto", "", Probes(reachable=True), "cpu", ["torch==2.13.0", "--index-url", "https://cpu.example/whl"],
+     ["gpu", "reachable"]),
+    ("auto", "", Probes(local="2.13.0+cpu"), "cpu", ["torch==2.13.0+cpu"], ["gpu", "reachable", "local"]),
+    ("cpu", "", Probes(gpu=True, reachable=True), "cpu", ["torch==2.13.0", "--index-url", "https://cpu.example/whl"],
+     ["reachable"]),
+    ("cuda", "", Probes(), "cuda", ["torch==2.13.0"], []),
+    ("auto", "https://mirror/whl", Probes(gpu=True), "index", ["torch==2.13.0", "--index-url", "https://mirror/whl"],
+     []),
+], ids=["gpu", "cpu-index", "local-cpu-build", "forced-cpu", "forced-cuda", "index-given"])
+def test_torch_build_choice(mode, index, probes, build, args, asked):
+    choice = probes.choose(mode, index)
+    assert (choice.build, choice.pip_args) == (build, args)
+    assert probes.asked == asked  # no probe the decision does not need (each may cost seconds)
+    assert choice.reason.startswith(args[0].split("+")[0])
+
+
+def test_torch_build_choice_refuses_to_guess():
+    with pytest.raises(install_torch.ChoiceError, match="TORCH_INDEX=<url>.*TORCH=cuda"):
+        Probes(local=None).choose()
+    with pytest.raises(ValueError, match="TORCH must be one of auto, cpu, cuda, got 'gpu'"):
+        Probes().choose("gpu")
+    with pytest.raises(ValueError, match="exact pin"):
+        Probes().choose(spec="torch>=2")
+
+
+@pytest.mark.parametrize("nvidia_smi, pip_version, expected", [
+    ("echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'", "2.13.0", "torch: cuda: torch==2.13.0, CUDA build"),
+    ("exit 9", "2.13.0+cpu", "torch: cpu: torch==2.13.0+cpu, the CPU build pip already finds"),
+    (None, "2.13.0+cpu", "torch: cpu: torch==2.13.0+cpu, the CPU build pip already finds (no GPU (no nvidia-smi"),
+    (None, "2.13.0", "pip finds no CPU build of torch==2.13.0"),
+], ids=["gpu", "nvidia-smi-fails", "no-nvidia-smi", "nothing-to-take"])
+def test_install_torch_script_on_a_fake_machine(tmp_path, nvidia_smi, pip_version, expected):
+    """The script end to end, with nvidia-smi and pip replaced by fakes on an otherwise empty PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if nvidia_smi is not None:
+        _executable(bin_dir / "nvidia-smi", nvidia_smi)
+    report = json.dumps({"install": [{"metadata": {"name": "torch", "version": pip_version}}]})
+    pip = _executable(tmp_path / "pip", f"echo '{report}'")
+    out = subprocess.run([sys.executable, str(INFRA / "install_torch.py"), "--pip", str(pip), "--dry-run",
+                          "--cpu-index", _closed_port_url(), "--constraints", str(REPO / "constraints.txt")],
+                         env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=120)
+    assert expected in out.stdout + out.stderr, out.stdout + out.stderr
+    assert out.returncode == (2 if expected.startswith("pip finds no") else 0)
+    if out.returncode == 0:
+        assert f"torch: {pip} install -q torch==" in out.stdout
+
+
+def _make_n(*args: str) -> list[str]:
+    """The commands `make -n ARGS` would run (variables of an enclosing make are not passed down)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+    out = subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if not line.startswith("make")]
+
+
+def test_makefile_installs_torch_first_then_the_rest_under_the_constraints(tmp_path):
+    venv = tmp_path / "venv"
+    lines = _make_n("install", f"VENV={venv}", "TORCH=cpu", "TORCH_INDEX=https://mirror.example/whl/cpu")
+    steps = [next(i for i, line in enumerate(lines) if key in line)
+             for key in ("infra/preflight.py --install", "-m venv", "infra/install_torch.py", '-e ".[all]"')]
+    assert steps == sorted(steps), lines
+    torch_line, rest = lines[steps[2]], lines[steps[3]]
+    assert '--torch "cpu"' in torch_line and '--index "https://mirror.example/whl/cpu"' in torch_line
+    assert f"--pip {venv}/bin/pip" in torch_line
+    assert "-c constraints.txt" in rest
+    # every later pip call keeps torch: each passes the constraints or installs without dependencies
+    for line in lines[steps[2] + 1:]:
+        if "pip install" in line:
+            assert "-c constraints.txt" in line or "--no-deps" in line, line
+    # `make test` checks the test tools before installing
+    assert any("infra/preflight.py --install --tests" in line for line in _make_n("test", f"VENV={venv}"))
+
+
+def test_make_test_runs_everything_and_test_fast_skips_slow():
+    full, fast = ([shlex.split(line) for line in _make_n(target) if " -m pytest" in line] for target in ("test", "test-fast"))
+    assert len(full) == len(fast) == 1
+    full_args, fast_args = (argv[argv.index("pytest") + 1:] for argv in (full[0], fast[0]))
+    assert "-m" not in full_args and "not slow" == fast_args[fast_args.index("-m") + 1]
+    assert re.search(r"^make test$", (REPO / ".ci" / "run").read_text(), re.M)
+
+
+def test_preflight_names_each_missing_tool_with_its_fix(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = {"PATH": str(bin_dir), "CXX": str(tmp_path / "no-such-c++")}
+    missing = subprocess.run([sys.executable, str(INFRA / "preflight.py"), "--tests"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    for tool, fix in ((f"a C++ compiler ({tmp_path / 'no-such-c++'})", "apt-get install g++"),
+                      ("bash", "apt-get install bash"), ("ss", "apt-get install iproute2")):
+        assert re.search(rf"- {re.escape(tool)}: needed by .*Fix: {re.escape(fix)}", missing.stderr), missing.stderr
+    # the same tools present (fakes): none of them is reported
+    for tool in ("c++", "bash", "ss"):
+        _executable(bin_dir / tool, "exit 0")
+    env.pop("CXX")
+    found = subprocess.run([sys.executable, str(INFRA / "preflight.py"), "--tests"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    for tool in ("C++ compiler", "bash", "ss"):
+        assert f"- {tool}" not in found.stderr and f"- a {tool}" not in found.stderr, found.stderr
+    # without --tests, ss is not asked for
+    (bin_dir / "ss").unlink()
+    demo = subprocess.run([sys.executable, str(INFRA / "preflight.py")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert "ss" not in demo.stderr.split("Fix")[0]
+
+
+#: declared distributions no module imports by name, and why they are declared.
+INDIRECT = {"pytest-timeout": "a pytest plugin (the timeout ini option)",
+            "optuna": "Ray Tune's OptunaSearch (search: optuna)"}
+#: modules imported only behind an availability check (`find_spec`), never installed by the project.
+OPTIONAL = {"lpips", "torch_fidelity"}
+LOCAL = {"linearizer", "pipelines", "jobs", "tests", "bench"}
+
+
+def _imports() -> dict[str, set[Path]]:
+    """Top-level module -> the files that import it, over the project's code, tests and benches."""
+    found: dict[str, set[Path]] = {}
+    for root in sorted(LOCAL):
+        for path in (REPO / root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    # a sibling module (tests put their own directory on sys.path) is not a dependency
+                    if not ((path.parent / f"{top}.py").is_file() or (path.parent / top).is_dir()):
+                        found.setdefault(top, set()).add(path)
+    return found
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_declared():
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {_norm(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in requirements} - {"linearizer"}
+    dists = importlib.metadata.packages_distributions()
+    imported = {m: files for m, files in _imports().items() if m not in sys.stdlib_module_names and m not in LOCAL}
+    assert {"torch", "ray", "deepspeed", "mlflow", "psutil"} <= set(imported)  # the scan sees the code
+    undeclared, used = [], set()
+    for module, files in sorted(imported.items()):
+        if module in OPTIONAL:
+            for path in files:
+                assert re.search(rf"find_spec\(\s*[\"']{module}[\"']", path.read_text()), \
+                    f"{path.relative_to(REPO)} imports the optional {module} without checking it is there"
+            continue
+        names = {_norm(d) for d in dists.get(module, [])}
+        used |= names
+        if not names & declared:
+            undeclared.append(f"{module} ({', '.join(sorted(names)) or 'not installed'}) in "
+                              f"{sorted(str(p.relative_to(REPO)) for p in files)[:3]}")
+    assert not undeclared, "imported but not declared in pyproject.toml: " + "; ".join(undeclared)
+    unused = sorted(declared - used - set(INDIRECT))
+    assert not unused, f"declared in pyproject.toml but imported nowhere: {unused}"
