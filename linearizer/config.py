@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import json
@@ -27,6 +28,11 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+#: The dotted path `from_dict` is building, so that a check run at construction names the key
+#: as the loaders do ("model.flow.depth"), and a direct construction as the class ("FlowConfig.depth").
+_BUILDING: contextvars.ContextVar[str | None] = contextvars.ContextVar("config_path", default=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +61,11 @@ class FlowConfig:
     conditioner: Literal["unet", "mlp"] = "unet"
     clamp: float = 2.0
     shared: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked at construction too, not only when loaded: build_flow(shape, FlowConfig(depth=0))
+        # would otherwise build a network of no blocks, the identity, without a word.
+        self.validate(_BUILDING.get() or type(self).__name__)
 
     def validate(self, path: str) -> None:
         _check(self.depth >= 1, f"{path}.depth must be >= 1, got {self.depth}")
@@ -312,7 +323,11 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
             hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(names)})"
             raise ConfigError(f"unknown config key '{where}'{hint}")
         kwargs[key] = _coerce(value, hints[key], where)
-    obj = cls(**kwargs)
+    token = _BUILDING.set(path or cls.__name__)
+    try:
+        obj = cls(**kwargs)
+    finally:
+        _BUILDING.reset(token)
     validate(obj, path)
     return obj
 

@@ -23,9 +23,17 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .checks import check_k, check_tol
 from .flows.base import InvertibleMap
 from .operators.base import LinearOperator
 from .spaces import InducedSpace
+
+
+def _significant(S: Tensor, rtol: float) -> Tensor:
+    """Mask of the singular values `S` above `rtol` times the largest (all False for an empty S)."""
+    if S.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=S.device)
+    return S > rtol * S.max().clamp_min(torch.finfo(S.dtype).tiny)
 
 
 @dataclass
@@ -102,8 +110,14 @@ class Linearizer(nn.Module):
     def svd(self, k: int | None = None) -> InducedSVD:
         """Top-`k` singular triplets, structured when `A` is low-rank.
 
+        Args:
+            k: how many (None: all that `A.svd` gives; more than there are gives all of them).
+
         Returns:
             InducedSVD with `f(x) = (+)_i s_i <x, v_i>_X (.) u_i`.
+
+        Raises:
+            ValueError: `k` negative or not an integer.
         """
         U, S, V = self.A.svd(k)
         return InducedSVD(u=self.Y.decode(U.T.contiguous()), s=S, v=self.X.decode(V.T.contiguous()), U=U, V=V)
@@ -127,7 +141,12 @@ class Linearizer(nn.Module):
 
         Returns:
             (values `[k']`, vectors as elements of X `[k', *x_shape]`), by decreasing |value|.
+
+        Raises:
+            ValueError: `k` or `tol` negative, or `f` not an endomorphism of one space.
         """
+        check_k(k, 0)
+        check_tol(tol, "tol")
         self._require_endomorphism("eig")
         M = self.A.materialize()
         if torch.allclose(M, M.T, atol=1e-12 * M.abs().max().item()):
@@ -138,27 +157,54 @@ class Linearizer(nn.Module):
             real = vals_c.imag.abs() <= tol * scale
             vals, vecs = vals_c.real[real], vecs_c.real[:, real]
             vecs = vecs / vecs.norm(dim=0, keepdim=True)
-        order = vals.abs().argsort(descending=True)[:k]
+        order = vals.abs().argsort(descending=True)[:check_k(k, vals.numel())]
         vals, vecs = vals[order], vecs[:, order]
         return vals, self.X.decode(vecs.T.contiguous())
 
     def range_basis(self, k: int | None = None, rtol: float = 1e-10) -> Tensor:
-        """Elements of Y whose codes are an orthonormal basis of `range A` (`range f = g_y^-1(range A)`)."""
+        """Elements of Y whose codes are an orthonormal basis of `range A` (`range f = g_y^-1(range A)`).
+
+        Args:
+            k: look at the top `k` singular directions only (None: all).
+            rtol: keep the directions whose singular value exceeds `rtol` times the largest (>= 0).
+
+        Raises:
+            ValueError: `k` or `rtol` negative.
+        """
+        check_tol(rtol)
         U, S, _ = self.A.svd(k)
-        keep = S > rtol * S.max().clamp_min(torch.finfo(S.dtype).tiny)
-        return self.Y.decode(U[:, keep].T.contiguous())
+        return self.Y.decode(U[:, _significant(S, rtol)].T.contiguous())
 
     def kernel_basis(self, rtol: float = 1e-10) -> Tensor:
-        """Elements of X whose codes are an orthonormal basis of `ker A` (dense SVD: small d only)."""
+        """Elements of X whose codes are an orthonormal basis of `ker A` (dense SVD: small d only).
+
+        Args:
+            rtol: singular values up to `rtol` times the largest count as zero (>= 0).
+
+        Raises:
+            ValueError: `rtol` negative (it would count nothing as zero and return no basis).
+        """
+        check_tol(rtol)
         M = self.A.materialize()
         _, S, Vh = torch.linalg.svd(M, full_matrices=True)
-        rank = int((S > rtol * S.max().clamp_min(torch.finfo(S.dtype).tiny)).sum())
+        rank = int(_significant(S, rtol).sum())
         return self.X.decode(Vh[rank:].contiguous())
 
     def project(self, y: Tensor, rtol: float = 1e-10) -> Tensor:
-        """Orthogonal projection of `y` onto `range f` in the inner product induced by `g_y`."""
+        """Orthogonal projection of `y` onto `range f` in the inner product induced by `g_y`.
+
+        Args:
+            y: elements of Y, `[B, *y_shape]` (finite, of the model's dtype).
+            rtol: directions of `range A` with singular value up to `rtol` times the largest are
+                left out (>= 0).
+
+        Raises:
+            ValueError: a malformed or non-finite `y`, or a negative `rtol`.
+        """
+        check_tol(rtol)
+        self.Y.check(y, "y")
         U, S, _ = self.A.svd()
-        U = U[:, S > rtol * S.max().clamp_min(torch.finfo(S.dtype).tiny)]
+        U = U[:, _significant(S, rtol)]
         z = self.Y.encode(y)
         return self.Y.decode((z @ U) @ U.T)
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .checks import check_finite, check_input
 from .flows.base import InvertibleMap
 
 
@@ -49,20 +50,12 @@ class InducedSpace:
     # ----- coordinates -----
 
     def check(self, x: Tensor, what: str = "input") -> Tensor:
-        """Raise a ValueError unless `x` is a `[B, *shape]` tensor of the model's dtype and device."""
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{what} must be a torch.Tensor of shape [B, {', '.join(map(str, self.shape))}], "
-                             f"got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.shape or x.dim() != len(self.shape) + 1:
-            raise ValueError(f"{what} must have shape [B, {', '.join(map(str, self.shape))}], got {list(x.shape)}")
-        ref = _model_tensor(self.g)
-        if ref is not None:
-            if x.dtype != ref.dtype:
-                raise ValueError(f"{what} has dtype {x.dtype}, but the model is {ref.dtype}: "
-                                 f"convert one of them (x.to({ref.dtype}) or model.to({x.dtype}))")
-            if x.device != ref.device:
-                raise ValueError(f"{what} is on {x.device}, but the model is on {ref.device}")
-        return x
+        """Raise a ValueError unless `x` is a finite `[B, *shape]` tensor of the model's dtype and device.
+
+        Every operation of the space (and so `Linearizer.forward` and `project`) runs it once on
+        its inputs: a NaN or an infinity would otherwise come out as NaN images with no word of where.
+        """
+        return check_finite(check_input(x, self.shape, what, like=_model_tensor(self.g)), what)
 
     def encode(self, x: Tensor) -> Tensor:
         """Coordinates `g(x)` flattened to `[B, dim]`."""

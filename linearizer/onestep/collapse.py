@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_tol
 from ..operators.dense import Dense
 from ..operators.identity_lowrank import IdentityPlusLowRank
 from .samplers import TimeGrid, grid_factors, make_grid
@@ -159,7 +160,8 @@ def collapse(model, method: str = "rk4", steps: int = 100, t_end: float | None =
         t_end: end time in (0, 1); None means `1 - 1/T`.
         dtype: dtype of the build and of the result (float64 keeps it exact to ~1e-15).
         compress_tol: > 0 re-compresses the low-rank form by a rank-revealing QR + SVD with this
-            relative tolerance (no longer exact: errors of that relative size); 0 keeps it exact.
+            relative tolerance (no longer exact: errors of that relative size); 0 keeps it exact;
+            negative raises a ValueError.
         dense: True builds a dense `[d, d]` B, False the `b I + P Q^T` form; None chooses dense
             exactly when the exact rank would reach d/2 and d <= `MAX_DENSE_DIM`.
 
@@ -172,6 +174,7 @@ def collapse(model, method: str = "rk4", steps: int = 100, t_end: float | None =
         >>> x1 = model.decode_data(B.apply(model.encode_noise(x0).flatten(1)).view_as(x0))
     """
     grid = make_grid(method, steps, t_end)
+    check_tol(compress_tol, "compress_tol")
     with torch.no_grad():
         return product(step_operators(getattr(model, "A", model), grid, dtype), compress_tol, dense)
 

@@ -83,7 +83,13 @@ def invert(model: OneStepLinearizer, x1: Tensor, solve: Solve = "inverse") -> Te
 
     Returns:
         Noise `[N, C, H, W]` in the dtype of `x1`.
+
+    Raises:
+        ValueError: `x1` malformed, not finite or outside [0, 1] (`g_x` was fitted to images in
+            [0, 1]; far outside, its float32 round trip is no longer exact), or an unknown `solve`.
+        RuntimeError: B is not built.
     """
+    model.check_data(x1)
     z1 = model.flat(model.encode_data(x1))
     z0 = inverse_B(model, solve).apply(z1.double()).to(z1.dtype)
     return model.decode_noise(model.unflat(z0))
@@ -118,6 +124,7 @@ def interpolate(model: OneStepLinearizer, x_a: Tensor, x_b: Tensor, n: int = 8,
     for name, x in (("x_a", x_a), ("x_b", x_b)):
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError(f"{name} must be one image [1, C, H, W], got shape {tuple(x.shape)}")
+        model.check_data(x, name)
     a = torch.linspace(0, 1, n, dtype=x_a.dtype, device=x_a.device)[:, None]
     if space == "induced":
         X = InducedSpace(model.g_x, model.image_shape)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_images
 from ..config import ModelConfig
 from ..flows import build_maps
 from ..operators.dense import Dense
@@ -200,8 +201,23 @@ class OneStepLinearizer(nn.Module):
 
     # ----- sampling -----
 
+    def check_noise(self, x0: Tensor, what: str = "x0") -> Tensor:
+        """Raise a ValueError unless `x0` is finite noise `[B, C, H, W]` of the model's dtype and device."""
+        return check_images(x0, self.image_shape, what, like=self.B_b)
+
+    def check_data(self, x1: Tensor, what: str = "x1") -> Tensor:
+        """Raise a ValueError unless `x1` are images `[B, C, H, W]` in [0, 1] of the model's dtype and device."""
+        return check_images(x1, self.image_shape, what, like=self.B_b, unit_range=True)
+
     def sample(self, x0: Tensor) -> Tensor:
-        """One-step generation `x = g_x^{-1}(B g_y(x0))` from noise `x0 [B, C, H, W]`."""
+        """One-step generation `x = g_x^{-1}(B g_y(x0))` from noise `x0 [B, C, H, W]`.
+
+        Raises:
+            ValueError: `x0` malformed (shape, dtype, device) or not finite.
+            RuntimeError: B is not built.
+        """
+        self._require_B()
+        self.check_noise(x0)
         return self.decode_data(self.unflat(self.apply_B(self.flat(self.encode_noise(x0)))))
 
     def sample_multistep(self, x0: Tensor, method: str | None = None, steps: int | None = None,
@@ -211,7 +227,11 @@ class OneStepLinearizer(nn.Module):
         Args:
             x0: noise `[B, C, H, W]`.
             method, steps, t_end: default to `cfg.sampler`.
+
+        Raises:
+            ValueError: `x0` malformed or not finite, or bad sampler settings.
         """
+        self.check_noise(x0)
         s = self.cfg.sampler
         z0 = self.flat(self.encode_noise(x0))
         z1 = integrate(self.A, z0, s.method if method is None else method, s.steps if steps is None else steps,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_finite
+
 METHODS = ("euler", "rk4")
 
 
@@ -135,6 +137,7 @@ def integrate(A, z0: Tensor, method: str = "rk4", steps: int = 100, t_end: float
     if z0.dim() != 2:
         raise ValueError(f"z0 must be [B, d] flat codes, got shape {tuple(z0.shape)}")
     grid = make_grid(method, steps, t_end)
+    check_finite(z0, "z0")
     U, V = grid_factors(A, grid, z0.dtype)
     if U.shape[1] != z0.shape[1]:
         raise ValueError(f"z0 has {z0.shape[1]} features but A(t) acts on d = {U.shape[1]}")

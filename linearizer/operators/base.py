@@ -16,6 +16,8 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_k
+
 
 def is_scalar(c: object) -> bool:
     """True for a real number or a 0-dim tensor: what `c * A` accepts as `c`."""
@@ -24,12 +26,21 @@ def is_scalar(c: object) -> bool:
     return isinstance(c, Real) and not isinstance(c, bool)
 
 
-def check_batch(z: Tensor, n: int, owner: "LinearOperator", what: str = "input") -> None:
-    """Raise a ValueError unless `z` is a `[B, n]` batch of row vectors."""
+def check_batch(z: Tensor, n: int, owner: "LinearOperator", what: str = "input",
+                dtype: torch.dtype | None = None) -> None:
+    """Raise a ValueError unless `z` is a `[B, n]` batch of row vectors (of `dtype`, when given).
+
+    Operators whose `apply` multiplies `z` by their own tensors pass their dtype, so that a
+    mismatch is named here rather than raised by the matmul as a bare RuntimeError. Under
+    autocast (bf16 training) mixed dtypes are intended and the matmul casts: no dtype check then.
+    """
     if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != n:
         given = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise ValueError(f"{type(owner).__name__} of shape {tuple(owner.shape)} expects its {what} as a "
                          f"[B, {n}] tensor, got {given}")
+    if dtype is not None and z.dtype != dtype and not torch.is_autocast_enabled(z.device.type):
+        raise ValueError(f"{type(owner).__name__} is {dtype} and expects its {what} in that dtype, got {z.dtype}: "
+                         f"convert one of them (z.to({dtype}) or A.to({z.dtype}))")
 
 
 class LinearOperator(nn.Module):
@@ -83,9 +94,16 @@ class LinearOperator(nn.Module):
         return Dense(torch.linalg.pinv(self.materialize()), trainable=False)
 
     def svd(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k singular triplets: `U [m, k]`, `S [k]` (descending), `V [n, k]` with `A ~ U diag(S) V^T`."""
+        """Top-k singular triplets: `U [m, k]`, `S [k]` (descending), `V [n, k]` with `A ~ U diag(S) V^T`.
+
+        Args:
+            k: how many: None for all `min(m, n)`, else an int >= 0 (capped at `min(m, n)`).
+
+        Raises:
+            ValueError: `k` negative or not an integer.
+        """
+        k = check_k(k, min(self.shape))
         U, S, Vh = torch.linalg.svd(self.materialize(), full_matrices=False)
-        k = S.numel() if k is None else min(k, S.numel())
         return U[:, :k], S[:k], Vh[:k].T
 
     # ----- algebra -----

@@ -61,11 +61,11 @@ class Dense(LinearOperator):
         return tuple(self.W.shape)
 
     def apply(self, z: Tensor) -> Tensor:
-        check_batch(z, self.shape[1], self)
+        check_batch(z, self.shape[1], self, dtype=self.W.dtype)
         return z @ self.W.T
 
     def apply_transpose(self, y: Tensor) -> Tensor:
-        check_batch(y, self.shape[0], self, "transpose input")
+        check_batch(y, self.shape[0], self, "transpose input", self.W.dtype)
         return y @ self.W
 
     def materialize(self) -> Tensor:

@@ -81,11 +81,11 @@ class DepthwiseConv(LinearOperator):
         return out.reshape(x.shape[0], -1)
 
     def apply(self, z: Tensor) -> Tensor:
-        check_batch(z, self.shape[1], self)
+        check_batch(z, self.shape[1], self, dtype=self.kernel.dtype)
         return self._conv(z, transpose=False)
 
     def apply_transpose(self, y: Tensor) -> Tensor:
-        check_batch(y, self.shape[0], self, "transpose input")
+        check_batch(y, self.shape[0], self, "transpose input", self.kernel.dtype)
         return self._conv(y, transpose=True)
 
     # Fixed kernels (see algebra.py): sums and multiples are convolutions with the summed or

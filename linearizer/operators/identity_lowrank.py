@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_tol
 from .algebra import as_scalar, check_composable, check_same_shape, is_fixed
 from .base import LinearOperator, check_batch, is_scalar
 from .lowrank import LowRank, check_factors, factored_svd
@@ -77,11 +78,11 @@ class IdentityPlusLowRank(LinearOperator):
         return self.P.shape[1]
 
     def apply(self, z: Tensor) -> Tensor:
-        check_batch(z, self.shape[1], self)
+        check_batch(z, self.shape[1], self, dtype=self.P.dtype)
         return self.b * z + (z @ self.Q) @ self.P.T
 
     def apply_transpose(self, y: Tensor) -> Tensor:
-        check_batch(y, self.shape[0], self, "transpose input")
+        check_batch(y, self.shape[0], self, "transpose input", self.P.dtype)
         return self.b * y + (y @ self.P) @ self.Q.T
 
     def materialize(self) -> Tensor:
@@ -137,8 +138,13 @@ class IdentityPlusLowRank(LinearOperator):
 
         Args:
             rtol: relative cut-off for the singular values of A in the singular case (default
-                `d * eps`).
+                `d * eps`); >= 0.
+
+        Raises:
+            ValueError: a negative `rtol`.
         """
+        if rtol is not None:
+            check_tol(rtol)
         C = self._invertible_core()
         if C is not None:
             return self._woodbury(C)
@@ -169,7 +175,11 @@ class IdentityPlusLowRank(LinearOperator):
 
         Returns:
             An IdentityPlusLowRank with the same b and rank <= min(d, k).
+
+        Raises:
+            ValueError: a negative `rtol` (which would keep everything, round-off included).
         """
+        check_tol(rtol)
         dtype = self.P.dtype
         # The small SVD runs in float64 whatever the storage dtype: a float32 factorisation would
         # itself add errors of ~1e-4 relative at d in the thousands.

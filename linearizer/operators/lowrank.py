@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_k, check_tol
 from .algebra import as_scalar, check_composable, check_same_shape, is_fixed
 from .base import LinearOperator, check_batch, is_scalar
 
@@ -52,6 +53,8 @@ def numerical_rank(S: Tensor, shape: tuple[int, int], rtol: float | None = None)
 
     The default `rtol = max(m, n) * eps` is the one `torch.linalg.pinv` and NumPy use.
     """
+    if rtol is not None:
+        check_tol(rtol)
     if S.numel() == 0:
         return 0
     if rtol is None:
@@ -108,20 +111,25 @@ class LowRank(LinearOperator):
         return self.U.shape[1]
 
     def apply(self, z: Tensor) -> Tensor:
-        check_batch(z, self.shape[1], self)
+        check_batch(z, self.shape[1], self, dtype=self.U.dtype)
         return (z @ self.V) @ self.U.T
 
     def apply_transpose(self, y: Tensor) -> Tensor:
-        check_batch(y, self.shape[0], self, "transpose input")
+        check_batch(y, self.shape[0], self, "transpose input", self.U.dtype)
         return (y @ self.U) @ self.V.T
 
     def materialize(self) -> Tensor:
         return self.U @ self.V.T
 
     def svd(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k singular triplets from the factors; at most `min(m, n, r)` of them."""
+        """Top-k singular triplets from the factors; at most `min(m, n, r)` of them.
+
+        Raises:
+            ValueError: `k` negative or not an integer.
+        """
+        check_k(k, 0)
         L, S, R = factored_svd(self.U, self.V)
-        k = S.numel() if k is None else min(k, S.numel())
+        k = check_k(k, S.numel())
         return L[:, :k], S[:k], R[:, :k]
 
     def pinv(self, rtol: float | None = None) -> "LowRank":
@@ -129,7 +137,10 @@ class LowRank(LinearOperator):
 
         Args:
             rtol: relative cut-off for singular values (default `max(m, n) * eps`), which makes
-                rank-deficient factors (dependent columns) safe.
+                rank-deficient factors (dependent columns) safe; >= 0.
+
+        Raises:
+            ValueError: a negative `rtol`.
         """
         L, S, R = factored_svd(self.U, self.V)
         s = numerical_rank(S, self.shape, rtol)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_k
 from .base import LinearOperator, check_batch
 from .lowrank import LowRank
 
@@ -112,8 +113,8 @@ class Projector(LinearOperator):
     def svd(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         if not self.symmetric:
             return self.low_rank().svd(k)
+        k = check_k(k, self.k)
         Q = self.basis()
-        k = self.k if k is None else min(k, self.k)
         return Q[:, :k], torch.ones(k, dtype=Q.dtype, device=Q.device), Q[:, :k]
 
     def extra_repr(self) -> str:

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_time
 from .base import LinearOperator, check_batch
 from .lowrank import LowRank
 
@@ -122,10 +123,14 @@ class TimeLowRank(LinearOperator):
 
         The factors are buffers computed from the current weights: gradients flow through them
         to the MLP, but later changes of the weights do not show in the snapshot.
+
+        Raises:
+            ValueError: `t` is not one finite time (a NaN time would give NaN factors).
         """
         t = self._times(t)
         if t.numel() != 1:
             raise ValueError(f"at expects one time (a float or a 0-dim tensor), got shape {tuple(t.shape)}")
+        check_time(t, "at: t")
         U, V = self.factors(t.reshape(1))
         return LowRank(U[0], V[0], trainable=False)
 
@@ -134,7 +139,7 @@ class TimeLowRank(LinearOperator):
         if t is None:
             raise TypeError(f"TimeLowRank.{'apply_transpose' if transpose else 'apply'} needs the time t: "
                             f"call it as A.{'apply_transpose' if transpose else 'apply'}(z, t), or use A.at(t)")
-        check_batch(x, self.d, self, what)
+        check_batch(x, self.d, self, what, self.mlp[0].weight.dtype)
         t = self._times(t)
         if t.dim() == 0:
             U, V = self.factors(t.reshape(1))

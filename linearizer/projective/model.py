@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_images
 from ..config import ConfigError, ModelConfig
 from ..flows import InvertibleMap, build_flow
 from ..linearizer import Linearizer
@@ -95,7 +96,12 @@ class ProjectiveModel(nn.Module):
     # ----- the map -----
 
     def forward(self, x: Tensor) -> Tensor:
-        """`f(x) = g^-1(P g(x))` for images `[B, C, H, W]` (not clamped: clamping is not a projection)."""
+        """`f(x) = g^-1(P g(x))` for images `[B, C, H, W]` (not clamped: clamping is not a projection).
+
+        Raises:
+            ValueError: `x` of another shape, dtype or device than the model's, or not finite.
+        """
+        check_images(x, self.image_shape, "x", like=self.code_scale)
         return self.decode(self.P.apply(self.encode(x)))
 
     def as_linearizer(self) -> Linearizer:
