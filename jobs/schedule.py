@@ -2,7 +2,7 @@
 
     python -m jobs.schedule --once                          # cron / Kubernetes CronJob
     python -m jobs.schedule --watch --interval 300          # a long-running watcher
-    python -m jobs.schedule --once --model linearizer-onestep --model linearizer-style --set fid.extractor=off
+    python -m jobs.schedule --once --model linearizer-onestep --model linearizer-style
 
 A version needs evaluation when it carries no evaluation state, when its evaluation was
 abandoned (claimed longer than `promotion.claim_ttl_s` ago), or when it failed fewer than

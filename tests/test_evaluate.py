@@ -59,7 +59,8 @@ def test_config_rejects(overrides, message):
     (["fid.extractor=off"], "sampling", "sampling.primary is 'fid' but fid.extractor is 'off'"),
     (["fid.extractor=off"], "projection", None),  # its primary metric is denoise_psnr
     (["fid.extractor=off", "projection.max_fid=50"], "projection", "projection.max_fid is set"),
-    (["fid.extractor=off", "sampling.primary=agreement_db"], "sampling", None),
+    (["fid.extractor=off", "sampling.primary=agreement_db"], "sampling", "sampling.max_fid is 'auto'"),
+    (["fid.extractor=off", "sampling.primary=agreement_db", "sampling.max_fid=null"], "sampling", None),
 ])
 def test_config_checks_for_the_chosen_evaluation(overrides, evaluation, message):
     cfg = load_eval_config(None, overrides)
@@ -122,7 +123,7 @@ def test_report_has_metrics_and_embedded_pictures(tmp_path):
     paths = write_report(result, {"model": "m v3"}, None, tmp_path)
     assert sorted(p.name for p in paths) == ["report.html", "report.md", "samples.png"]
     md = (tmp_path / "report.md").read_text()
-    assert "| fid | 12.5 |" in md and "| thresholds | FAIL |" in md and "](images/samples.png)" in md
+    assert "| fid | 12.5 |" in md and "| quality floors | FAIL |" in md and "](images/samples.png)" in md
     html = (tmp_path / "report.html").read_text()
     data = html.split("data:image/png;base64,")[1].split("'")[0]
     assert Image.open(io.BytesIO(base64.b64decode(data))).size == (14, 10)
@@ -151,7 +152,8 @@ def test_sampling_evaluation_records_and_promotes(mlflow_store, tmp_path, fid_ca
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["agreement_db"] == pytest.approx(outcome.metrics["agreement_db"])
-    assert run.data.params["info.fid_extractor"] == "mnist-classifier-v1"
+    key = run.data.params["info.fid_extractor"]  # name/recipe@weights hash
+    assert key.startswith("mnist-classifier-v1/steps20-") and len(key.split("@")[1]) == 16
     assert run.data.tags["linearizer.model_version"] == good and run.data.tags["linearizer.decision"] == "promoted"
     artifacts = {f.path for f in client.list_artifacts(outcome.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/images"} <= artifacts
@@ -162,9 +164,9 @@ def test_sampling_evaluation_records_and_promotes(mlflow_store, tmp_path, fid_ca
     assert tags["eval.status"] == "done" and tags["eval.passed"] == "true"
     assert tags["eval.run_id"] == outcome.run_id and tags["eval.decision"] == "promoted"
     assert float(tags["eval.metric.fid"]) == pytest.approx(outcome.metrics["fid"], rel=1e-6)
-    assert tags["eval.comparable"] == "sampling/fid/mnist-classifier-v1/n32/real128"
+    assert tags["eval.comparable"] == f"sampling/fid/{key}/n32/real128"
 
-    # Built to fail: a stale B misses the agreement threshold; the champion stays.
+    # Built to fail: a stale B misses the agreement floor; the champion stays.
     bad = register(mlflow_store, name, *onestep_model(1, stale=0.5), tmp_path)
     failed = evaluate(cfg)
     assert failed.version == bad and failed.passed is False and failed.decision.action == "rejected"

@@ -26,7 +26,7 @@ from jobs.schedule import main as schedule_main
 from jobs.schedule import pending_versions, run_once, watch
 from pipelines.evaluate import evaluate, load_eval_config
 from pipelines.evaluate.common import client_for
-from tests.registry_models import TINY_FID, eval_cfg, onestep_model, register
+from tests.registry_models import TINY_FID, WAIVE_FLOORS, eval_cfg, onestep_model, register
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -235,7 +235,7 @@ def test_train_then_evaluate_through_the_ray_jobs_api(tmp_path):
     # output_dir is relative: the report lands in the job's working dir, the uploaded copy of the repo
     eval_args = ["--model", name, "--alias", "challenger", "--set", "output_dir=runs", "--set",
                  f"mlflow.artifact_location={artifacts}", "--set", "sampling.n=32", "--set", "sampling.agreement_n=8",
-                 *[a for kv in TINY_FID for a in ("--set", kv)]]
+                 *[a for kv in TINY_FID + WAIVE_FLOORS for a in ("--set", kv)]]
 
     with ray_head(tmp_path / "ray-head.log") as client:
         train_id = client.submit_job(entrypoint=shlex.join(submit.entrypoint("train", train_args)),

@@ -5,7 +5,8 @@ FID compares the Gaussians fitted to the features of real and generated images:
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
 
 The number depends entirely on the feature network, so every `FIDResult` carries the name of the
-extractor that produced it. Two extractors exist:
+extractor that produced it, the recipe of its weights and a hash of the weights themselves
+(`FIDResult.key`): two FIDs compare only when their keys are equal. Two extractors exist:
 
 - `"inception-v3"`: the standard Inception pool features, through torch-fidelity, only when the
   package and its weights file are already on disk (nothing is ever downloaded);
@@ -16,6 +17,7 @@ Example:
     >>> extractor = get_extractor("auto")           # Inception if available offline, else the classifier
     >>> result = fid(real_images, samples, extractor)
     >>> print(result)                               # FID 3.21 [mnist-classifier-v1, 10000 real / 10000 fake]
+    >>> result.key                                  # 'mnist-classifier-v1/steps1000-bs128-lr0.002-seed0@3f2a...'
 """
 
 from __future__ import annotations
@@ -45,9 +47,16 @@ class ExtractorUnavailableError(RuntimeError):
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """Maps `[B, C, H, W]` images in [0, 1] to `[B, d]` features; `name` identifies the network."""
+    """Maps `[B, C, H, W]` images in [0, 1] to `[B, d]` features.
+
+    `name` identifies the architecture, `recipe` how its weights were obtained (a training
+    budget; "" for published weights) and `weights` the first 16 hex digits of the sha256 of the
+    weights file, so that two FIDs are known to share their feature network exactly.
+    """
 
     name: str
+    recipe: str
+    weights: str
 
     def __call__(self, images: Tensor) -> Tensor: ...
 
@@ -60,6 +69,7 @@ class FeatureStats:
     sigma: np.ndarray
     n: int
     extractor: str
+    weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,25 @@ class FIDResult:
     extractor: str
     n_real: int
     n_fake: int
+    recipe: str = ""
+    weights: str = ""
+
+    @property
+    def key(self) -> str:
+        """`name[/recipe]@weights`: FIDs with equal keys were computed by the same network."""
+        return extractor_key(self.extractor, self.recipe, self.weights)
 
     def __str__(self) -> str:
-        return f"FID {self.value:.4g} [{self.extractor}, {self.n_real} real / {self.n_fake} fake]"
+        return f"FID {self.value:.4g} [{self.key}, {self.n_real} real / {self.n_fake} fake]"
 
     def to_dict(self) -> dict[str, float | str | int]:
-        return {"value": self.value, "extractor": self.extractor, "n_real": self.n_real, "n_fake": self.n_fake}
+        return {"value": self.value, "extractor": self.extractor, "recipe": self.recipe, "weights": self.weights,
+                "n_real": self.n_real, "n_fake": self.n_fake}
+
+
+def extractor_key(name: str, recipe: str = "", weights: str = "") -> str:
+    """The identity of a feature network as one string, `name[/recipe][@weights]`."""
+    return name + (f"/{recipe}" if recipe else "") + (f"@{weights}" if weights else "")
 
 
 def _as_float64(a: np.ndarray | Tensor) -> np.ndarray:
@@ -155,7 +178,8 @@ def feature_stats(extractor: FeatureExtractor, images: Tensor, batch_size: int =
     feats = np.concatenate(
         [_as_float64(extractor(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
     )
-    return FeatureStats(feats.mean(axis=0), np.cov(feats, rowvar=False), n=feats.shape[0], extractor=extractor.name)
+    return FeatureStats(feats.mean(axis=0), np.cov(feats, rowvar=False), n=feats.shape[0], extractor=extractor.name,
+                        weights=getattr(extractor, "weights", ""))
 
 
 def fid(
@@ -176,7 +200,8 @@ def fid(
         An `FIDResult` whose `extractor` names the network used.
 
     Raises:
-        ValueError: precomputed statistics come from a different extractor.
+        ValueError: precomputed statistics come from a different extractor (by name, or by
+            weights when both sides record them).
 
     Example:
         >>> result = fid(x_test, samples, get_extractor("mnist-classifier"))
@@ -186,15 +211,18 @@ def fid(
     stats = []
     for which, data in (("real", real), ("fake", fake)):
         if isinstance(data, FeatureStats):
-            if data.extractor != extractor.name:
+            weights = getattr(extractor, "weights", "")
+            if data.extractor != extractor.name or (data.weights and weights and data.weights != weights):
                 raise ValueError(
-                    f"{which} statistics were computed with {data.extractor!r}, but the extractor is {extractor.name!r}"
+                    f"{which} statistics were computed with {extractor_key(data.extractor, '', data.weights)!r}, "
+                    f"but the extractor is {extractor_key(extractor.name, '', weights)!r}"
                 )
             stats.append(data)
         else:
             stats.append(feature_stats(extractor, data, batch_size))
     r, f = stats
-    return FIDResult(frechet_distance(r.mu, r.sigma, f.mu, f.sigma), extractor.name, r.n, f.n)
+    return FIDResult(frechet_distance(r.mu, r.sigma, f.mu, f.sigma), extractor.name, r.n, f.n,
+                     recipe=getattr(extractor, "recipe", ""), weights=getattr(extractor, "weights", ""))
 
 
 class MnistFeatures:
@@ -208,8 +236,15 @@ class MnistFeatures:
 
     name = MNIST_CLASSIFIER
 
-    def __init__(self, model: MnistClassifier):
+    def __init__(self, model: MnistClassifier, recipe: str = "", weights: str = ""):
+        """
+        Args:
+            model: the trained classifier.
+            recipe: its training budget, e.g. "steps1000-bs128-lr0.002-seed0" (`load_or_train_classifier`).
+            weights: the first 16 hex digits of the sha256 of its weights file.
+        """
         self.model = model.eval()
+        self.recipe, self.weights = recipe, weights
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -224,9 +259,14 @@ class InceptionFeatures:
     """
 
     name = INCEPTION
+    recipe = ""
 
     def __init__(self, weights: Path, device: str | torch.device | None = None):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        from .classifier import sha256_file
+
+        self.weights = sha256_file(weights)[:16]
 
         # torch-fidelity reads the file with torch.load, which is restricted to tensors
         # (weights_only) by default in the torch we pin.
@@ -309,5 +349,5 @@ def get_extractor(
             f"these values are not comparable to Inception FID",
             stacklevel=2,
         )
-    model, _ = load_or_train_classifier(cache_dir=cache_dir, **classifier_kwargs)
-    return MnistFeatures(model)
+    model, info = load_or_train_classifier(cache_dir=cache_dir, **classifier_kwargs)
+    return MnistFeatures(model, recipe=Path(info["path"]).name, weights=str(info["sha256"])[:16])

@@ -4,7 +4,7 @@
     python -m pipelines.evaluate --model linearizer-onestep --version 3 --force --set sampling.max_fid=40
 
 Exit status: 0 when the version was evaluated (whatever the verdict) or needed no evaluation,
-1 when it failed a threshold and `--strict` is given, 2 for a bad config, 3 when the evaluation
+1 when it failed a quality floor and `--strict` is given, 2 for a bad config, 3 when the evaluation
 could not run (unreachable store, missing model / alias / version, wrong kind).
 """
 
@@ -54,9 +54,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--version", type=int, help="evaluate this version (mlflow.version)")
     p.add_argument("--evaluation", choices=["auto", "sampling", "projection", "style"], help="default: auto (by kind)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
-    p.add_argument("--force", action="store_true", help="evaluate again even if the version was evaluated")
+    p.add_argument("--force", action="store_true",
+                   help="evaluate again even if the version was evaluated, and promote past failed quality floors "
+                        "(recorded on the version and the run)")
     p.add_argument("--local", action="store_true", help="compute in this process instead of a Ray task")
-    p.add_argument("--strict", action="store_true", help="exit 1 when the version fails a threshold")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the version fails a quality floor")
     return p
 
 

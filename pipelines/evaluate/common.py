@@ -1,7 +1,7 @@
-"""What every evaluation shares: results and threshold checks, the registry, the model's kind.
+"""What every evaluation shares: results and quality-floor checks, the registry, the model's kind.
 
 An evaluation is a function `run(model, model_cfg, cfg) -> EvalResult`. The result carries the
-metrics, the threshold checks, the primary metric the promotion compares, and the pictures of the
+metrics, the quality-floor checks, the primary metric the promotion compares, and the pictures of the
 report; everything in it is plain data and tensors, so it travels back from a Ray task.
 
 Registry access is strict and fails fast: an unreachable tracking server, a missing store, model,
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
     from torch import Tensor
 
+    from linearizer.metrics import FIDResult
+
 #: prefix of every model version tag the evaluation writes.
 TAG = "eval."
 
@@ -48,26 +50,95 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Check:
-    """One threshold: `metric op bound`, with the measured value. NaN never passes."""
+    """One quality floor: `metric op bound`, with the measured value and where the bound came from.
+
+    A NaN value never passes, nor does a NaN bound (a floor that could not be determined; then
+    `source` says why).
+    """
 
     metric: str
     op: Literal[">=", "<="]
     bound: float
     value: float
+    source: str = ""
 
     @property
     def passed(self) -> bool:
-        if math.isnan(self.value):
+        if math.isnan(self.value) or math.isnan(self.bound):
             return False
         return self.value >= self.bound if self.op == ">=" else self.value <= self.bound
 
+    @property
+    def shortfall(self) -> str:
+        """By how much a failed check misses its bound ("" when it passes)."""
+        if self.passed:
+            return ""
+        if math.isnan(self.bound):
+            return "no floor could be set"
+        if math.isnan(self.value):
+            return "the value is NaN"
+        gap = f"misses by {abs(self.value - self.bound):.4g}"
+        if self.op == "<=" and self.bound > 0:
+            gap += f" ({self.value / self.bound:.3g}x the bound)"
+        return gap
+
     def __str__(self) -> str:
-        return f"{self.metric} = {self.value:.4g} (needs {self.op} {self.bound:g}): {'pass' if self.passed else 'FAIL'}"
+        bound = "an unknown floor" if math.isnan(self.bound) else f"{self.bound:g}"
+        where = f" [{self.source}]" if self.source else ""
+        verdict = "pass" if self.passed else f"FAIL, {self.shortfall}"
+        return f"{self.metric} = {self.value:.4g} (needs {self.op} {bound}{where}): {verdict}"
 
 
-def make_checks(metrics: dict[str, float], bounds: list[tuple[str, Literal[">=", "<="], float | None]]) -> list[Check]:
-    """Checks for the `(metric, op, bound)` triples whose bound is set (None disables one)."""
-    return [Check(m, op, float(b), float(metrics[m])) for m, op, b in bounds if b is not None]
+def make_checks(metrics: dict[str, float], bounds: list[tuple[str, Literal[">=", "<="], float | None]],
+                section: str = "") -> list[Check]:
+    """Checks for the `(metric, op, bound)` triples whose bound is set (None disables one).
+
+    Args:
+        metrics: the measured values.
+        bounds: the floors; a metric absent from `metrics` is checked as NaN (fails).
+        section: the config section the bounds come from, e.g. "sampling" (names each source).
+    """
+    return [Check(m, op, float(b), float(metrics.get(m, math.nan)), _source(section, m, op))
+            for m, op, b in bounds if b is not None]
+
+
+def _source(section: str, metric: str, op: str) -> str:
+    return f"{section}.{'max' if op == '<=' else 'min'}_{metric}" if section else ""
+
+
+def fid_floor(cfg: EvalConfig, max_fid: float | str | None, scored: FIDResult | None, setting: str) -> list[Check]:
+    """The FID floor of an evaluation: an explicit `max_fid`, or with "auto" the floor that
+    `fid.floors` states for the feature network that scored the images.
+
+    Floors are keyed by the network and its weights' recipe (`name/recipe`, e.g. the classifier's
+    training budget), not by the weights' hash: a floor is a property of the FID scale, which a
+    retrained classifier of the same recipe keeps; promotion compares two FIDs only when the
+    hashes match (`EvalResult.comparable`).
+
+    Args:
+        cfg: the evaluation config (`fid.floors`).
+        max_fid: the section's setting (a number, "auto", or None: no FID floor).
+        scored: the FID of the evaluation (None when FID is off).
+        setting: the dotted name of `max_fid`, for messages.
+
+    Returns:
+        No check (None), or one FID check; a check with a NaN bound when no floor is known.
+    """
+    if max_fid is None:
+        return []
+    value = math.nan if scored is None else scored.value
+    if max_fid != "auto":
+        return [Check("fid", "<=", float(max_fid), value, setting)]
+    if scored is None:  # EvalConfig.check_for refuses this combination before any work
+        return [Check("fid", "<=", math.nan, value, f"{setting}=auto, but FID is off")]
+    from linearizer.metrics.fid import extractor_key
+
+    key = extractor_key(scored.extractor, scored.recipe)
+    if key not in cfg.fid.floors:
+        return [Check("fid", "<=", math.nan, value,
+                      f"no FID floor is known for {key}: measure one (python -m bench.fid_floors) and add it to "
+                      f"fid.floors, or set {setting}")]
+    return [Check("fid", "<=", cfg.fid.floors[key], value, f"fid.floors[{key}]")]
 
 
 @dataclass
@@ -77,7 +148,7 @@ class EvalResult:
     Attributes:
         evaluation: "sampling", "projection" or "style".
         metrics: flat name -> float (logged as run metrics and version tags).
-        checks: the configured thresholds with their values.
+        checks: the quality floors with their values.
         primary: the metric promotion compares; `higher_is_better` says which way.
         comparable: scores with the same key can be compared (evaluation, primary metric and
             whatever changes its scale, e.g. the FID feature network).
@@ -268,11 +339,12 @@ def generator(seed: int, offset: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed + offset)
 
 
-def fid_vs_mnist(cfg: EvalConfig, fake: Tensor) -> tuple[float, str, int] | None:
+def fid_vs_mnist(cfg: EvalConfig, fake: Tensor) -> FIDResult | None:
     """FID of `fake` against the MNIST test split, with the configured feature network.
 
     Returns:
-        (value, extractor name, number of real images), or None when `fid.extractor` is "off".
+        The result (value, the network's name, recipe and weights hash, sizes), or None when
+        `fid.extractor` is "off".
 
     Raises:
         EvaluationError: the images are not 1x32x32 digits as the offline classifier needs, or
@@ -299,5 +371,9 @@ def fid_vs_mnist(cfg: EvalConfig, fake: Tensor) -> tuple[float, str, int] | None
         raise EvaluationError(f"the offline FID extractor {extractor.name} takes 1x32x32 images, got {shape}; "
                               f"set fid.extractor=off or fid.extractor=inception")
     real, _ = load_mnist("test", size=shape[1], limit=cfg.fid.n_real)
-    result = fid(real, fake.float().cpu().clamp(0, 1), extractor)
-    return result.value, result.extractor, result.n_real
+    return fid(real, fake.float().cpu().clamp(0, 1), extractor)
+
+
+def fid_info(scored: FIDResult) -> dict[str, str]:
+    """The report / run-parameter lines of an FID result."""
+    return {"fid_extractor": scored.key, "fid_n_real": str(scored.n_real)}

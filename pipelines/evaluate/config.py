@@ -1,15 +1,20 @@
-"""The evaluation job config: which registered version, which evaluation, thresholds, promotion.
+"""The evaluation job config: which registered version, which evaluation, quality floors, promotion.
 
 One typed tree, loaded strictly (`linearizer.config.from_dict`): unknown keys, wrong types and
-impossible values raise `ConfigError` naming the dotted key. Thresholds are plain fields of the
-evaluation they belong to (`sampling.min_agreement_db`, `projection.max_idempotency_error`, ...),
-so a `--set` override of a threshold is checked like any other key; `None` disables a check.
+impossible values raise `ConfigError` naming the dotted key. Quality floors are plain fields of
+the evaluation they belong to (`sampling.min_agreement_db`, `projection.max_idempotency_error`,
+...), so a `--set` override of a floor is checked like any other key; `None` disables a floor.
+A version must pass every floor of its evaluation to become champion (`promotion.decide`); the
+defaults are absolute floors a usable model of each kind passes and a model that draws noise or
+does nothing does not (docs/jobs.md, "Quality floors", has the measurements behind them).
 
 Example:
     >>> cfg = load_eval_config(None, ["mlflow.registered_model=linearizer-onestep",
     ...                               "mlflow.alias=challenger", "sampling.max_fid=40"])
     >>> cfg.mlflow.alias, cfg.sampling.max_fid
     ('challenger', 40.0)
+    >>> load_eval_config().sampling.max_fid                 # the floor of the FID's feature network
+    'auto'
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from typing import Any, Literal
 
 from linearizer.config import ConfigError, apply_overrides, from_dict, load_config
 
+#: FID floors of generated MNIST digits (against the test split), by feature network and the
+#: recipe of its weights (`linearizer.metrics.fid.extractor_key`). The classifier's value is the
+#: geometric mean of two reference sets' FIDs (`python -m bench.fid_floors`,
+#: docs/results/fid_floors.json): real digits blurred by 1 px (198, readable) and samples of a
+#: Gaussian fitted to the digits (624, blobs); noise and an untrained model score 1500-2100.
+DEFAULT_FID_FLOORS: dict[str, float] = {"mnist-classifier-v1/steps1000-bs128-lr0.002-seed0": 350.0}
 #: evaluation name -> the model kind it needs.
 EVALUATION_KINDS = {"sampling": "onestep", "projection": "projective", "style": "style"}
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -102,6 +113,9 @@ class FidConfig:
         classifier_steps, classifier_limit: training budget of the offline classifier when it is
             not cached yet (`linearizer.metrics.load_or_train_classifier`).
         cache_dir: classifier cache root (None: $LINEARIZER_CACHE or ~/.cache/linearizer).
+        floors: the FID floor (highest FID a champion may have) of each feature network, keyed
+            `name/recipe` (`DEFAULT_FID_FLOORS`); used where an evaluation's `max_fid` is "auto".
+            A network without an entry has no known floor, and "auto" then fails the version.
     """
 
     extractor: Literal["auto", "inception", "mnist-classifier", "off"] = "auto"
@@ -109,8 +123,13 @@ class FidConfig:
     classifier_steps: int = 1000
     classifier_limit: int | None = None
     cache_dir: str | None = None
+    floors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FID_FLOORS))
 
     def validate(self, path: str) -> None:
+        for key, value in self.floors.items():
+            _check(isinstance(key, str) and bool(key), f"{path}.floors keys must be non-empty strings, got {key!r}")
+            _check(not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf"),
+                   f"{path}.floors[{key!r}] must be a finite number > 0, got {value!r}")
         _check(self.n_real >= 2, f"{path}.n_real must be >= 2 (a covariance needs two images), got {self.n_real}")
         _check(self.classifier_steps >= 1, f"{path}.classifier_steps must be >= 1, got {self.classifier_steps}")
         _check(self.classifier_limit is None or self.classifier_limit >= 1,
@@ -128,8 +147,9 @@ class SamplingEvalConfig:
         batch_size: samples per forward pass (also the batch of the samples/s timing).
         timing_batches: timed one-step batches (after one warm-up batch).
         grid: samples shown in the report's grid.
-        min_agreement_db: one-step vs multi-step agreement must reach this (null: no check).
-        max_fid: FID must not exceed this (null: no check).
+        min_agreement_db: floor: one-step vs multi-step agreement must reach this (null: no floor).
+        max_fid: floor: FID must not exceed this; "auto" takes the floor of the feature network
+            from `fid.floors`; null: no FID floor.
         primary: metric a challenger must beat the champion on.
     """
 
@@ -140,7 +160,7 @@ class SamplingEvalConfig:
     timing_batches: int = 3
     grid: int = 64
     min_agreement_db: float | None = 30.0
-    max_fid: float | None = None
+    max_fid: float | Literal["auto"] | None = "auto"
     primary: Literal["fid", "agreement_db"] = "fid"
 
     def validate(self, path: str) -> None:
@@ -149,7 +169,8 @@ class SamplingEvalConfig:
         _check(self.n >= 2, f"{path}.n must be >= 2 (FID fits a covariance), got {self.n}")
         _check(self.multistep_steps is None or self.multistep_steps >= 1,
                f"{path}.multistep_steps must be >= 1 or null, got {self.multistep_steps}")
-        _optional_positive(self.max_fid, f"{path}.max_fid")
+        if self.max_fid != "auto":
+            _optional_positive(self.max_fid, f"{path}.max_fid")
 
 
 @dataclass
@@ -163,10 +184,14 @@ class ProjectionEvalConfig:
         ood: the out-of-distribution probe set (`linearizer.projective.inputs`).
         fid_n: projected noises scored by FID.
         grid: images per row of the before/after grid.
-        max_idempotency_error: worst relative `||f(f(x)) - f(x)|| / ||f(x)||` over all probes.
-        max_fixed_point_error: mean relative `||f(x) - x|| / ||x||` on test data.
+        max_idempotency_error: floor: worst relative `||f(f(x)) - f(x)|| / ||f(x)||` over all probes.
+        max_fixed_point_error: floor (reconstruction): mean relative `||f(x) - x|| / ||x||` on
+            test digits; 0.5 keeps at least the rough shape of a digit (a k = 16 model trained
+            for minutes on a CPU reaches ~0.4, an untrained one ~1).
+        min_denoise_gain_db: floor: `denoise_psnr - noisy_psnr`, how much projecting a noisy
+            digit improves it over returning it unchanged (0: at least as good as doing nothing).
         min_denoise_psnr, min_inpaint_psnr: restoration quality, dB.
-        max_fid: FID of projected noise.
+        max_fid: FID of projected noise ("auto": the floor of the feature network).
         primary: metric a challenger must beat the champion on.
     """
 
@@ -177,10 +202,11 @@ class ProjectionEvalConfig:
     fid_n: int = 512
     grid: int = 8
     max_idempotency_error: float | None = 1e-4
-    max_fixed_point_error: float | None = None
+    max_fixed_point_error: float | None = 0.5
+    min_denoise_gain_db: float | None = 0.0
     min_denoise_psnr: float | None = None
     min_inpaint_psnr: float | None = None
-    max_fid: float | None = None
+    max_fid: float | Literal["auto"] | None = None
     primary: Literal["denoise_psnr", "inpaint_psnr", "fixed_point_error", "fid"] = "denoise_psnr"
 
     def validate(self, path: str) -> None:
@@ -188,8 +214,10 @@ class ProjectionEvalConfig:
             _check(getattr(self, name) >= 1, f"{path}.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.fid_n >= 2, f"{path}.fid_n must be >= 2, got {self.fid_n}")
         _check(self.sigma > 0, f"{path}.sigma must be > 0, got {self.sigma}")
-        for name in ("max_idempotency_error", "max_fixed_point_error", "max_fid"):
+        for name in ("max_idempotency_error", "max_fixed_point_error"):
             _optional_positive(getattr(self, name), f"{path}.{name}")
+        if self.max_fid != "auto":
+            _optional_positive(self.max_fid, f"{path}.max_fid")
 
 
 @dataclass
@@ -202,6 +230,9 @@ class StyleEvalConfig:
         n: held-out content images per style (filter pairs only).
         strip_steps: interpolation strip length (alphas 0, 1/(k-1), ..., 1).
         examples: content images shown per style / strip / composition in the report.
+        min_gain_db: floor: every style must beat the identity baseline on held-out content,
+            `psnr.<style> - content_psnr.<style>` (the PSNR of returning the content unchanged)
+            at least this, dB; the metric `gain_db` is the worst style's.
         min_psnr, min_ssim: mean over styles of the per-style PSNR (dB) / SSIM against targets.
         primary: metric a challenger must beat the champion on.
     """
@@ -210,6 +241,7 @@ class StyleEvalConfig:
     n: int = 32
     strip_steps: int = 6
     examples: int = 4
+    min_gain_db: float | None = 0.0
     min_psnr: float | None = None
     min_ssim: float | None = None
     primary: Literal["psnr", "ssim"] = "psnr"
@@ -264,7 +296,9 @@ class EvalConfig:
         output_dir: local root; reports go to `<output_dir>/evaluate/<model>-v<version>/`.
         seed: seeds every noise and data draw.
         device: where the model runs ("cpu", "cuda", "cuda:1", ...).
-        force: evaluate (and decide) again even if the version was already evaluated.
+        force: evaluate (and decide) again even if the version was already evaluated, and let a
+            version that fails its quality floors be promoted all the same (the override is
+            recorded on the version, the run and in the report).
     """
 
     evaluation: Literal["auto", "sampling", "projection", "style"] = "auto"
@@ -290,7 +324,7 @@ class EvalConfig:
         """The checks that depend on which evaluation runs (known once the model's kind is).
 
         Raises:
-            ConfigError: the evaluation's primary metric or a threshold needs FID while
+            ConfigError: the evaluation's primary metric or a floor needs FID while
                 `fid.extractor` is "off".
         """
         if self.fid.extractor != "off":
@@ -299,7 +333,11 @@ class EvalConfig:
         _check(getattr(section, "primary", None) != "fid",
                f"{evaluation}.primary is 'fid' but fid.extractor is 'off': choose another primary metric "
                f"or an extractor")
-        _check(getattr(section, "max_fid", None) is None,
+        max_fid = getattr(section, "max_fid", None)
+        _check(max_fid != "auto",
+               f"{evaluation}.max_fid is 'auto' (the FID floor of the feature network) but fid.extractor is 'off': "
+               f"choose an extractor, or set {evaluation}.max_fid=null to waive the FID floor")
+        _check(max_fid is None,
                f"{evaluation}.max_fid is set but fid.extractor is 'off': nothing to check it against")
 
     @property

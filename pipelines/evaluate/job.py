@@ -164,8 +164,9 @@ def evaluate_version(client: MlflowClient, uri: str, artifact_location: str | No
     try:
         result = _compute(evaluation, files, cfg)
         _log_result(client, run_id, result, cfg, mv)
-        decision = record_and_promote(client, name, version, result, run_id, cfg.promotion, token)
+        decision = record_and_promote(client, name, version, result, run_id, cfg.promotion, token, cfg.force)
         client.set_tag(run_id, "linearizer.decision", decision.action)
+        client.set_tag(run_id, "linearizer.forced", str(decision.forced).lower())
         client.set_tag(run_id, "linearizer.decision_reason", decision.reason[:4000])
         report_dir = cfg.report_root / f"{name}-v{version}"
         shutil.rmtree(report_dir, ignore_errors=True)  # a forced re-evaluation replaces the old report

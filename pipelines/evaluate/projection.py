@@ -24,7 +24,7 @@ from linearizer.config import ModelConfig
 from linearizer.metrics import psnr
 from linearizer.viz import make_grid
 
-from .common import EvalResult, EvaluationError, fid_vs_mnist, generator, make_checks
+from .common import EvalResult, EvaluationError, fid_floor, fid_info, fid_vs_mnist, generator, make_checks
 from .config import EvalConfig
 
 KIND = "projective"
@@ -47,8 +47,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
 
     Returns:
         Metrics `idempotency_{noise,noisy,masked,ood,max}`, `fixed_point_error`,
-        `denoise_psnr`, `noisy_psnr`, `inpaint_psnr`, `masked_psnr`, `fid` (unless off), with
-        the checks of `projection.*`; picture "before_after".
+        `denoise_psnr`, `noisy_psnr`, `denoise_gain_db`, `inpaint_psnr`, `masked_psnr`, `fid`
+        (unless off), with the floors of `projection.*`; picture "before_after".
     """
     from linearizer.projective.inputs import make_inputs
     from linearizer.projective.uses import denoise, fixed_point_error, idempotency_error, inpaint, project
@@ -74,6 +74,7 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
     denoised = denoise(model, on["noisy"])
     metrics["denoise_psnr"] = float(psnr(denoised.clamp(0, 1), clean))
     metrics["noisy_psnr"] = float(psnr(on["noisy"].clamp(0, 1), clean))
+    metrics["denoise_gain_db"] = metrics["denoise_psnr"] - metrics["noisy_psnr"]
     masked = probes["masked"]
     inpainted = inpaint(model, on["masked"], masked.mask.to(device), iterations=p.inpaint_iterations)
     metrics["inpaint_psnr"] = float(psnr(inpainted.clamp(0, 1), masked.clean.to(device)))
@@ -85,7 +86,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
             "n": str(p.n), "device": str(device)}
     scored = fid_vs_mnist(cfg, samples)
     if scored is not None:
-        metrics["fid"], info["fid_extractor"], info["fid_n_real"] = scored[0], scored[1], str(scored[2])
+        metrics["fid"] = scored.value
+        info.update(fid_info(scored))
 
     primary = p.primary
     comparable = {"denoise_psnr": f"projection/denoise_psnr/sigma{p.sigma:g}",
@@ -99,10 +101,12 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
             project(model, on[p.ood][:g]).clamp(0, 1)]
     return EvalResult(
         evaluation="projection", metrics=metrics,
-        checks=make_checks(metrics, [("idempotency_max", "<=", p.max_idempotency_error),
-                                     ("fixed_point_error", "<=", p.max_fixed_point_error),
-                                     ("denoise_psnr", ">=", p.min_denoise_psnr),
-                                     ("inpaint_psnr", ">=", p.min_inpaint_psnr), ("fid", "<=", p.max_fid)]),
+        checks=(make_checks(metrics, [("idempotency_max", "<=", p.max_idempotency_error),
+                                      ("fixed_point_error", "<=", p.max_fixed_point_error),
+                                      ("denoise_gain_db", ">=", p.min_denoise_gain_db),
+                                      ("denoise_psnr", ">=", p.min_denoise_psnr),
+                                      ("inpaint_psnr", ">=", p.min_inpaint_psnr)], "projection")
+                + fid_floor(cfg, p.max_fid, scored, "projection.max_fid")),
         primary=primary, higher_is_better=HIGHER_IS_BETTER[primary], comparable=comparable,
         images={"before_after": make_grid(torch.cat(rows).cpu(), nrow=g)}, info=info,
         notes=["Rows of `before_after`, in pairs (input above its projection): noise, noisy digits "

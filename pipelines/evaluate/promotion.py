@@ -179,20 +179,22 @@ class Scorecard:
     value: float
     higher_is_better: bool
     comparable: str
+    failures: str = ""
 
     @classmethod
     def from_tags(cls, version: int | str, tags: dict[str, str]) -> Scorecard | None:
         """The scorecard recorded in a version's tags, or None when it has no finished evaluation."""
         if tags.get(STATUS) != "done" or f"{TAG}primary_value" not in tags:
             return None
+        failures = tags.get(f"{TAG}failures", "")
         return cls(int(version), tags.get(f"{TAG}passed") == "true", tags[f"{TAG}primary"],
                    float(tags[f"{TAG}primary_value"]), tags.get(f"{TAG}higher_is_better") == "true",
-                   tags.get(f"{TAG}comparable", ""))
+                   tags.get(f"{TAG}comparable", ""), "" if failures == "none" else failures)
 
     @classmethod
     def from_result(cls, version: int | str, result: EvalResult) -> Scorecard:
         return cls(int(version), result.passed, result.primary, result.primary_value, result.higher_is_better,
-                   result.comparable)
+                   result.comparable, "; ".join(map(str, result.failures)))
 
 
 @dataclass(frozen=True)
@@ -203,26 +205,41 @@ class Decision:
     reason: str
     champion: int | None = None
     replaced: int | None = None
+    forced: bool = False
 
 
 def decide(challenger: Scorecard, champion: Scorecard | None, min_improvement: float = 0.0,
-           champion_version: int | None = None) -> Decision:
+           champion_version: int | None = None, force: bool = False) -> Decision:
     """The promotion rule, as a pure function of two scorecards.
 
-    A challenger that fails a threshold is rejected. One that passes becomes champion when there
-    is no champion, when the champion failed its own thresholds, or when it beats the champion's
-    primary metric by more than `min_improvement`. A champion without a comparable score (never
-    evaluated, or scored on another scale) is kept: re-evaluate it first.
+    A challenger below one of its quality floors is rejected (it keeps its own alias, e.g.
+    `challenger`; the reason names each failed floor and by how much). One that passes them
+    becomes champion when there is no champion, when the champion fails its own floors, or when
+    it beats the champion's primary metric by more than `min_improvement`. A champion without a
+    comparable score (never evaluated, or scored on another scale or by another FID network) is
+    kept: re-evaluate it first.
 
     Args:
         challenger: the version just evaluated.
         champion: the champion's scorecard (None: no champion, or one never evaluated).
         min_improvement: margin in the primary metric's unit.
         champion_version: the champion's version when it exists but has no scorecard.
+        force: judge a challenger that fails its floors as if it passed them; the decision says
+            so (`forced`, and the reason starts with the floors it was forced past).
     """
     current = champion.version if champion is not None else champion_version
-    if not challenger.passed:
-        return Decision("rejected", "fails its thresholds", current)
+    forced = force and not challenger.passed
+    if not challenger.passed and not forced:
+        return Decision("rejected", f"fails its quality floors: {challenger.failures or 'see the checks'}", current)
+    decision = _rank(challenger, champion, current, min_improvement)
+    if forced:
+        return Decision(decision.action, f"FORCED past failed floors ({challenger.failures}); {decision.reason}",
+                        decision.champion, decision.replaced, forced=True)
+    return decision
+
+
+def _rank(challenger: Scorecard, champion: Scorecard | None, current: int | None, min_improvement: float) -> Decision:
+    """The champion / challenger comparison of a challenger admitted by its floors."""
     if current is None:
         return Decision("promoted", "no champion yet", challenger.version)
     if current == challenger.version:
@@ -230,7 +247,7 @@ def decide(challenger: Scorecard, champion: Scorecard | None, min_improvement: f
     if champion is None:
         return Decision("kept", f"champion v{current} has no recorded evaluation; evaluate it first", current)
     if not champion.passed:
-        return Decision("promoted", f"champion v{current} fails its thresholds", challenger.version, current)
+        return Decision("promoted", f"champion v{current} fails its quality floors", challenger.version, current)
     if champion.comparable != challenger.comparable:
         return Decision("kept", f"champion v{current} was scored as {champion.comparable!r}, not "
                                 f"{challenger.comparable!r}; re-evaluate it with force=true", current)
@@ -264,9 +281,12 @@ def result_tags(result: EvalResult, run_id: str) -> dict[str, str]:
 
 
 def record_and_promote(client: MlflowClient, name: str, version: str, result: EvalResult, run_id: str,
-                       cfg: PromotionConfig, token: str) -> Decision:
+                       cfg: PromotionConfig, token: str, force: bool = False) -> Decision:
     """Write the evaluation onto the version and apply the promotion rule, atomically with
     respect to other evaluations of the same registered model (see the module docstring).
+
+    Args:
+        force: promote past failed quality floors (`decide`); recorded as `eval.forced=true`.
 
     Returns:
         The decision ("superseded" when a forced evaluation took the claim meanwhile: nothing
@@ -285,7 +305,7 @@ def record_and_promote(client: MlflowClient, name: str, version: str, result: Ev
             decision = Decision("recorded", "promotion disabled", current)
         else:
             card = Scorecard.from_tags(current, version_tags(client, name, str(current))) if current else None
-            decision = decide(Scorecard.from_result(version, result), card, cfg.min_improvement, current)
+            decision = decide(Scorecard.from_result(version, result), card, cfg.min_improvement, current, force)
         if decision.action == "promoted":
             client.set_registered_model_alias(name, cfg.champion_alias, version)
             if decision.replaced is not None:
@@ -294,6 +314,6 @@ def record_and_promote(client: MlflowClient, name: str, version: str, result: Ev
         set_version_tags(client, name, version, {
             f"{TAG}decision": decision.action, f"{TAG}decision_reason": decision.reason[:4000],
             f"{TAG}decided_at": f"{time.time():.3f}", f"{TAG}replaced": decision.replaced or "none",
-            STATUS: "done",
+            f"{TAG}forced": str(decision.forced).lower(), STATUS: "done",
         })
         return decision

@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 from linearizer.viz import to_pil
 
-from .common import EvalResult
+from .common import Check, EvalResult
 from .promotion import Decision
 
 Table = list[tuple[str, str]]
@@ -33,7 +34,7 @@ def sections(result: EvalResult, header: dict[str, str], decision: Decision | No
     """The report's content: (title, table rows or paragraph) in order."""
     verdict = "PASS" if result.passed else "FAIL"
     out: list[tuple[str, Table | str]] = [("Model", list(header.items()))]
-    summary = [("thresholds", verdict),
+    summary = [("quality floors", verdict),
                ("primary metric", f"{result.primary} = {_fmt(result.primary_value)} "
                                   f"({'higher' if result.higher_is_better else 'lower'} is better)"),
                ("comparable as", result.comparable)]
@@ -42,13 +43,18 @@ def sections(result: EvalResult, header: dict[str, str], decision: Decision | No
     out.append(("Summary", summary))
     out.append(("Metrics", [(k, _fmt(v)) for k, v in sorted(result.metrics.items())]))
     if result.checks:
-        out.append(("Thresholds", [(c.metric, f"{_fmt(c.value)} {c.op} {c.bound:g}: {'pass' if c.passed else 'FAIL'}")
-                                   for c in result.checks]))
+        out.append(("Quality floors", [(c.metric, _floor_line(c)) for c in result.checks]))
     if result.info:
         out.append(("Settings", sorted(result.info.items())))
     if result.notes:
         out.append(("Notes", "\n\n".join(result.notes)))
     return out
+
+
+def _floor_line(c: Check) -> str:
+    bound = "unknown" if math.isnan(c.bound) else f"{c.bound:g}"
+    where = f" ({c.source})" if c.source else ""
+    return f"{_fmt(c.value)} {c.op} {bound}{where}: " + ("pass" if c.passed else f"FAIL, {c.shortfall}")
 
 
 def _markdown(title: str, content: list[tuple[str, Table | str]], images: list[str]) -> str:

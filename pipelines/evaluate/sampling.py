@@ -26,7 +26,7 @@ from linearizer.kinds import get_kind
 from linearizer.metrics import agreement_db
 from linearizer.viz import make_grid
 
-from .common import EvalResult, EvaluationError, fid_vs_mnist, generator, make_checks
+from .common import EvalResult, EvaluationError, fid_floor, fid_info, fid_vs_mnist, generator, make_checks
 from .config import EvalConfig
 
 KIND = "onestep"
@@ -64,8 +64,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
 
     Returns:
         Metrics `agreement_db`, `fid` (unless FID is off), `samples_per_s`,
-        `multistep_samples_per_s`, `speedup`; checks of `sampling.min_agreement_db` and
-        `sampling.max_fid`; pictures "samples" and "one_vs_multistep".
+        `multistep_samples_per_s`, `speedup`; the floors `sampling.min_agreement_db` and
+        `sampling.max_fid` (see `fid_floor`); pictures "samples" and "one_vs_multistep".
 
     Raises:
         EvaluationError: the model has no collapsed B.
@@ -101,7 +101,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
             "n_agreement": str(s.agreement_n), "device": str(device)}
     scored = fid_vs_mnist(cfg, samples)
     if scored is not None:
-        metrics["fid"], info["fid_extractor"], info["fid_n_real"] = scored[0], scored[1], str(scored[2])
+        metrics["fid"] = scored.value
+        info.update(fid_info(scored))
 
     primary = s.primary
     comparable = f"sampling/{primary}"
@@ -110,7 +111,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
     pair = torch.cat([one[:8], multi[:8]])
     return EvalResult(
         evaluation="sampling", metrics=metrics,
-        checks=make_checks(metrics, [("agreement_db", ">=", s.min_agreement_db), ("fid", "<=", s.max_fid)]),
+        checks=(make_checks(metrics, [("agreement_db", ">=", s.min_agreement_db)], "sampling")
+                + fid_floor(cfg, s.max_fid, scored, "sampling.max_fid")),
         primary=primary, higher_is_better=HIGHER_IS_BETTER[primary], comparable=comparable,
         images={"samples": make_grid(samples[: s.grid].cpu()),
                 "one_vs_multistep": make_grid(pair.cpu(), nrow=pair.shape[0] // 2)},

@@ -54,10 +54,11 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
     """Evaluate a style model (see the module docstring).
 
     Returns:
-        Metrics `psnr.<style>`, `ssim.<style>`, `content_psnr.<style>`, their means `psnr`,
-        `ssim`, and with two styles or more `interpolation_step` and `composition_psnr`; checks
-        of `style.min_psnr` / `style.min_ssim`; pictures "styles", "interpolation",
-        "composition".
+        Metrics `psnr.<style>`, `ssim.<style>`, `content_psnr.<style>` (the identity baseline),
+        `gain_db.<style>`, their means `psnr`, `ssim`, the worst gain `gain_db`, and with two
+        styles or more `interpolation_step` and `composition_psnr`; the floors
+        `style.min_gain_db`, `style.min_psnr`, `style.min_ssim`; pictures "styles",
+        "interpolation", "composition".
     """
     st, kind = cfg.style, get_kind(KIND)
     device = torch.device(cfg.device)
@@ -74,9 +75,11 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
         metrics[f"psnr.{s}"] = float(psnr(y, target))
         metrics[f"ssim.{s}"] = float(ssim(y, target).mean())
         metrics[f"content_psnr.{s}"] = float(psnr(content, target))
+        metrics[f"gain_db.{s}"] = metrics[f"psnr.{s}"] - metrics[f"content_psnr.{s}"]
         shown += [content[:k], y[:k], target[:k]]
     metrics["psnr"] = sum(metrics[f"psnr.{s}"] for s in styles) / len(styles)
     metrics["ssim"] = sum(metrics[f"ssim.{s}"] for s in styles) / len(styles)
+    metrics["gain_db"] = min(metrics[f"gain_db.{s}"] for s in styles)
     images = {"styles": make_grid(torch.cat(shown).cpu(), nrow=k)}
     notes = ["`styles`: for each style, three rows: held-out content, the model's output, the target."]
 
@@ -107,7 +110,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
     source = cfg.style.pairs or f"filters-test-n{st.n}"
     return EvalResult(
         evaluation="style", metrics=metrics,
-        checks=make_checks(metrics, [("psnr", ">=", st.min_psnr), ("ssim", ">=", st.min_ssim)]),
+        checks=make_checks(metrics, [("gain_db", ">=", st.min_gain_db), ("psnr", ">=", st.min_psnr),
+                                     ("ssim", ">=", st.min_ssim)], "style"),
         primary=st.primary, higher_is_better=HIGHER_IS_BETTER[st.primary],
         comparable=f"style/{st.primary}/{source}/{','.join(styles)}", images=images,
         info={"styles": ", ".join(styles), "pairs": source, "n_pairs": str(len(pairs)), "device": str(device)},

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 MODEL = "reliability-load"
 STALENESS = (0.0, 0.02, 0.2)
 SUBMISSIONS_PER_VERSION = 2
-SETTINGS = ["fid.extractor=off", "sampling.primary=agreement_db", "sampling.min_agreement_db=20", "sampling.n=16",
+SETTINGS = ["fid.extractor=off", "sampling.max_fid=null", "sampling.primary=agreement_db", "sampling.min_agreement_db=20", "sampling.n=16",
             "sampling.agreement_n=8", "sampling.batch_size=16", "sampling.timing_batches=1", "sampling.grid=4",
             "promotion.lock_timeout_s=300"]
 
