@@ -34,7 +34,8 @@ from linearizer.metrics import agreement_db
 from linearizer.onestep.collapse import collapse
 from linearizer.operators import TimeLowRank
 
-from .common import base_parser, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, rel_err, table, timed_both
+from .common import (add_json_flag, base_parser, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, rel_err, table,
+                     table_records, timed_both, write_results)
 
 #: arguments of the short run of `python -m bench.run_all --quick`.
 QUICK_ARGS = ["--dims", "256", "--steps", "10", "--tols", "1e-6", "1e-3"]
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=8, help="rank r of the random A(t) (default: 8)")
     parser.add_argument("--codes", type=int, default=8, help="random codes for the latent error")
     parser.add_argument("--images", type=int, default=64, help="noise images for the agreement (--model)")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rank < 1 or any(d < 1 for d in args.dims) or any(t < 0 for t in args.tols):
         parser.error("need --steps >= 1, --rank >= 1, positive --dims and non-negative --tols")
@@ -98,9 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, cfg = load_model(args.model)
         model = model.double().eval()  # B is built in float64 either way; sampling in float64 isolates the cut
         rows += rows_for(model.A, model.d, f"trained ({args.model})", args.tols, args, model)
+    header = ["A(t)", "d", "compress_tol", "rank k", "size of B (float32)", "smaller than dense",
+              "build time", "CPU time", "rel. error vs exact", "1-step vs 100-step RK4"]
     print()
-    print(table(["A(t)", "d", "compress_tol", "rank k", "size of B (float32)", "smaller than dense",
-                 "build time", "CPU time", "rel. error vs exact", "1-step vs 100-step RK4"], rows))
+    print(table(header, rows))
+    write_results(args.json, "bench.bench_compress", argv, {"rows": table_records(header, rows)})
     return 0
 
 

@@ -45,7 +45,7 @@ from linearizer.config import ModelConfig, TrainConfig, from_dict
 from linearizer.kinds import get_kind
 from linearizer.training import fit
 
-from .common import fmt_ratio, fmt_seconds, machine_line, table, warm_up
+from .common import add_json_flag, fmt_ratio, fmt_seconds, machine_line, table, warm_up, write_results
 
 PREFIX = "mnist-train"
 #: `python -m bench.run_all --quick`: a smoke test of every stage (about a minute), not a measurement.
@@ -124,7 +124,8 @@ def loader_rate(shards: Path, batch: int, warmup: int, batches: int, seed: int) 
     return n * batch / (time.perf_counter() - start)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> dict:
+    """Measure and print the tables; returns the figures (for `--json`)."""
     torch.set_num_threads(1)
     warm_up()
     model = model_dict(args.depth, args.hidden, args.rank)
@@ -158,6 +159,11 @@ def run(args: argparse.Namespace) -> None:
                     [[f"`iter_batches`, batch {args.batch}, in-process", f"{rate:.0f}", f"{max(consumption):.0f}",
                       fmt_ratio(rate / max(consumption))]]))
         print(machine_line())
+    return {"bare_loop": {"before": {"seconds": before[0], "cpu_seconds": before[1]},
+                          "after": {"seconds": after[0], "cpu_seconds": after[1]}, "mean_seconds": bare_wall},
+            "pipeline": [{"workers": w, "seconds_per_step": per_step, "job_seconds": job_seconds,
+                          "over_bare_loop": per_step / bare_wall} for w, (per_step, job_seconds) in pipeline.items()],
+            "loader": {"samples_per_s": rate, "headroom": rate / max(consumption)}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,12 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
     parser.add_argument("--loader-batches", type=int, default=200, help="loader batches timed (default: 200)")
     parser.add_argument("--seed", type=int, default=0)
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error(f"--steps and --warmup must be >= 1, got {args.steps} and {args.warmup}")
     if any(args.batch % w for w in args.workers):
         parser.error(f"--batch {args.batch} must divide by every worker count, got {args.workers}")
-    run(args)
+    figures = run(args)
+    write_results(args.json, "bench.bench_pipeline", argv, {"settings": vars(args) | {"json": None}, **figures})
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import webdataset as wds
 
 from .bench_pipeline import PREFIX, write_mnist_shards
-from .common import base_parser, machine_line, table
+from .common import add_json_flag, base_parser, machine_line, table, write_results
 
 #: arguments of the short run of `python -m bench.run_all --quick`.
 QUICK_ARGS = ["--limit", "400", "--maxcount", "100", "--repeats", "2"]
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=4000, help="MNIST images written (default: 4000)")
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     print(machine_line("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(["reader", "samples/s (median)", "runs"],
                 [[name, f"{statistics.median(r):.0f}", len(r)] for name, r in rates.items()]))
     print(f"\nours / WebDataset's: {ours / theirs:.2f}x")
+    write_results(args.json, "bench.bench_reader", argv, {
+        "settings": {"samples": written, "shards": len(urls), "rounds": args.repeats},
+        "samples_per_s": rates, "ours_over_webdataset": ours / theirs})
     return 0
 
 

@@ -14,6 +14,7 @@ the two `g` passes.
 Run:
     python -m bench.bench_sampling                     # batch 16, T = 100
     python -m bench.bench_sampling --device cuda --batch 256
+    python -m bench.bench_sampling --json docs/results/sampling_cpu.json
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from linearizer.baselines import FlowMatchingBaseline
 from linearizer.config import ModelConfig
 from linearizer.onestep import OneStepLinearizer
 
-from .common import (base_parser, check_device, fmt_bytes, fmt_ratio, fmt_seconds, machine_line, measure,
-                     table, timed, warm_up)
+from .common import (add_json_flag, base_parser, check_device, fmt_bytes, fmt_ratio, fmt_seconds, machine_line,
+                     measure, table, timed, warm_up, write_results)
 
 #: arguments of the short run of `python -m bench.run_all --quick`.
 QUICK_ARGS = ["--batch", "4", "--steps", "10"]
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="steps T of the multi-step samplers (default: 100)")
     parser.add_argument("--B-form", default="auto", choices=["auto", "dense", "lowrank"],
                         help="form of the cached B (default: auto, the library's choice for this d)")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.steps < 2:
         parser.error(f"need --batch >= 1 and --steps >= 2, got batch={args.batch}, steps={args.steps}")
@@ -107,6 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         [f"baseline {args.steps}-step RK4 / one-step", *ratio(rk4, one), ">= 20x"],
         ["one-step / g passes alone", *ratio(one, g_only), "<= 1.2x"],
     ]))
+    write_results(args.json, "bench.bench_sampling", argv, {
+        "settings": {"batch": args.batch, "steps": args.steps, "B_form": form, "B_build_seconds": build_s,
+                     "repeats": args.repeats, "budget": args.budget, "seed": args.seed},
+        "samplers": [{"sampler": name, "network_passes": evals, "seconds": m.seconds, "cpu_seconds": m.cpu_seconds,
+                      "peak_bytes": m.peak_bytes, "runs": m.runs} for name, (evals, m) in results.items()],
+        "ratios": {"euler_over_one_step": {"wall": euler.seconds / one.seconds, "cpu": euler.cpu_seconds / one.cpu_seconds},
+                   "rk4_over_one_step": {"wall": rk4.seconds / one.seconds, "cpu": rk4.cpu_seconds / one.cpu_seconds},
+                   "one_step_over_g_passes": {"wall": one.seconds / g_only.seconds,
+                                              "cpu": one.cpu_seconds / g_only.cpu_seconds}},
+    }, device)
     return 0
 
 

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -180,6 +183,48 @@ def machine_line(device: torch.device | str = "cpu") -> str:
             f"{torch.get_num_threads()} torch threads, load average {load}")
 
 
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The machine line's facts as a dict, for a results JSON."""
+    device = torch.device(device)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_results(path: str | os.PathLike | None, bench: str, argv: Sequence[str] | None,
+                  results: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Write a bench's figures as JSON, with the command and the machine that produced them.
+
+    The file is written whole or not at all (a temporary file renamed into place), so an
+    interrupted run never leaves a half-written results file under docs/results/.
+
+    Args:
+        path: where to write; None writes nothing (the bench was run without `--json`).
+        bench: the bench module, e.g. "bench.bench_collapse".
+        argv: the bench's own arguments (None: this process's command line).
+        results: the figures, JSON-serialisable.
+        device: the device the figures were measured on.
+    """
+    if path is None:
+        return
+    argv = list(sys.argv[1:] if argv is None else argv)
+    payload = {"command": shlex.join(["python", "-m", bench, *argv]), "machine": machine_info(device),
+               "results": results}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 def fmt_seconds(s: float) -> str:
     """Seconds with a unit that keeps three significant digits readable."""
     if s >= 100:
@@ -221,6 +266,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def table_records(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """A printed table's rows as dicts keyed by its header, for a results JSON."""
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """The flags every bench shares: --device, --repeats, --budget, --seed."""
     parser = argparse.ArgumentParser(description=description)
@@ -229,6 +279,14 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, default=5.0,
                         help="seconds the timed runs of one measurement may take (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
+    return parser
+
+
+def add_json_flag(parser: argparse.ArgumentParser, default: str | None = None) -> argparse.ArgumentParser:
+    """Add `--json PATH`: where `write_results` puts the figures (committed ones live under docs/results/)."""
+    parser.add_argument("--json", default=default, metavar="PATH",
+                        help="also write the figures, the command and the machine to this JSON file"
+                             + (f" (default: {default})" if default else ""))
     return parser
 
 

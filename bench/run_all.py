@@ -8,6 +8,7 @@ Run:
     python -m bench.run_all                       # every bench, default sizes
     python -m bench.run_all --quick               # every bench, smoke-test sizes
     python -m bench.run_all --only collapse -- --dims 1024
+    python -m bench.run_all --json-dir /tmp/results   # each bench also writes DIR/<name>.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each bench's QUICK_ARGS (smoke-test sizes)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these benches (names without bench_)")
+    parser.add_argument("--json-dir", default=None, help="each bench writes its figures to DIR/<name>.json (its --json)")
     parser.add_argument("extra", nargs="*", help="arguments after -- go to every bench")
     args = parser.parse_args(argv)
     names = discover()
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = f"bench.bench_{name}"
         bench_args = list(getattr(importlib.import_module(module), "QUICK_ARGS", [])) if args.quick else []
         command = [sys.executable, "-m", module, *bench_args, *args.extra]
+        if args.json_dir:
+            command += ["--json", str(Path(args.json_dir) / f"{name}.json")]
         print(f"\n## {name}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         code = subprocess.call(command, cwd=HERE.parent)
