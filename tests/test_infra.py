@@ -342,12 +342,16 @@ def _executable(path: Path, body: str) -> Path:
     return path
 
 
-def _closed_port_url() -> str:
-    """An index URL on a loopback port nobody listens on: refused at once."""
+def _free_port() -> int:
+    """A loopback port nobody listens on (now)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/whl/cpu"
+        return s.getsockname()[1]
+
+
+def _closed_port_url() -> str:
+    """An index URL on a loopback port nobody listens on: refused at once."""
+    return f"http://127.0.0.1:{_free_port()}/whl/cpu"
 
 
 class Probes:
@@ -540,3 +544,73 @@ def test_every_third_party_import_is_declared():
     assert not undeclared, "imported but not declared in pyproject.toml: " + "; ".join(undeclared)
     unused = sorted(declared - used - set(INDIRECT))
     assert not unused, f"declared in pyproject.toml but imported nowhere: {unused}"
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU check (bench/gpu_check.sh): its CPU-side parts; the CUDA run itself needs a GPU
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpu_check_cases_are_the_pipelines_configs():
+    from bench.gpu_check import build_cases
+
+    cases = build_cases(["default", "celeba"], [1, 3], ["bf16"], batch=32)
+    assert [c.name for c in cases] == ["default/zero1/bf16", "default/zero3/bf16", "celeba/zero1/bf16",
+                                       "celeba/zero3/bf16"]
+    for case in cases:
+        ds, job = case.deepspeed, case.job
+        assert ds["zero_optimization"]["stage"] == case.zero_stage == job.distributed.zero_stage
+        # one GPU takes the whole batch; bf16 is the pipeline's autocast, DeepSpeed's weights stay fp32
+        assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] == 32
+        assert ds["bf16"] == {"enabled": False} and job.distributed.precision == "bf16"
+        assert job.distributed.use_gpu and job.distributed.num_workers == 1
+    celeba = cases[2].job.model
+    assert celeba.chw() == (3, 64, 64) and celeba.flow.depth >= 4 and celeba.operator.rank == 8
+    assert cases[0].job.model.chw() == (1, 32, 32)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "imagenet"], "--models must name some of"),
+    (["--zero", "4"], "--zero must be stages among"),
+    (["--precisions", "fp16"], "--precisions must be among"),
+    (["--steps", "0"], "--warmup and --steps must be >= 1"),
+    (["--set", "model.flow.depth=0"], "depth must be >= 1"),
+])
+def test_gpu_check_rejects_bad_arguments(argv, message, capsys):
+    from bench.gpu_check import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gpu_check_scripts_parse_and_refuse_without_a_gpu(tmp_path):
+    for script in ("gpu_check.sh", "gpu_check_wheels.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "bench" / script)], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "nvidia-smi", "echo 'NVIDIA-SMI has failed' >&2; exit 9")
+    out = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "GPU_CHECK_JSON": str(tmp_path / "gpu.json")})
+    assert out.returncode == 2 and "no GPU here" in out.stderr and "NVIDIA-SMI has failed" in out.stderr
+    assert not (tmp_path / "gpu.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_check_loop_runs_on_cpu(tmp_path):
+    """The same loop on gloo with a tiny model: what the GPU run will execute, minus CUDA."""
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--models", "default",
+                          "--zero", "1", "--precisions", "fp32", "bf16", "--batch", "4", "--warmup", "1", "--steps",
+                          "2", "--set", "model.flow.depth=1", "--set", "model.flow.hidden=8",
+                          "--json", str(tmp_path / "gpu.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=540,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["results"]["backend"] == "gloo" and report["command"].startswith("python -m bench.gpu_check")
+    cases = report["results"]["cases"]
+    assert [c["case"] for c in cases] == ["default/zero1/fp32", "default/zero1/bf16"]
+    for case in cases:
+        assert case["loss_finite"] and case["images_per_s"] > 0 and case["timed_steps"] == 2
+        assert case["peak_allocated_bytes"] is None  # no CUDA: no device-memory figure
