@@ -27,6 +27,7 @@ from linearizer.projective import (
     box_mask,
     denoise,
     fixed_point_error,
+    idempotency_bound,
     idempotency_error,
     inpaint,
     projective_config,
@@ -132,12 +133,81 @@ def test_float32_projector_rounds_its_float64_result_once(variant):
     assert float(((P32.apply(y) - y).norm(dim=1) / y.norm(dim=1)).max()) <= 2 * torch.finfo(torch.float32).eps
 
 
-@pytest.mark.parametrize("kind", ["noise", "uniform", "data"])
-def test_float32_idempotency_below_1e6_on_a_perturbed_model(kind):
-    """What is left in float32 is g's round-off: below 1e-6 on these inputs (the docs report
-    trained models on five input sets)."""
+# Float32 idempotency (docs/projective.md, "Idempotency in float32"): below 1e-6 at the scale of
+# the data, under eps * ||I - P|| * kappa(J_g(f(x))) on any finite input, growing with kappa far
+# outside. Sets at the data scale have every value in [-1, 2]; the far ones do not.
+DATA_SCALE = ["uniform", "U[-1,2]", "N(0,1) in [-1,2]", "constants in [-1,2]", "data"]
+FAR = ["N(0,10^2)", "N(0,100^2)", "constants 0.5..30.5"]
+
+
+def float32_inputs(kind: str, n: int, seed: int = 11) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "uniform":
+        return torch.rand(n, *SHAPE, generator=g)
+    if kind == "U[-1,2]":
+        return -1 + 3 * torch.rand(n, *SHAPE, generator=g)
+    if kind == "N(0,1) in [-1,2]":
+        return torch.randn(n, *SHAPE, generator=g).clamp(-1, 2)
+    if kind == "constants in [-1,2]":
+        return (-1 + 3 * torch.rand(n, 1, 1, 1, generator=g)).expand(n, *SHAPE).clone()
+    if kind == "data":
+        return data_like(n, seed=seed)
+    if kind == "N(0,10^2)":
+        return 10 * torch.randn(n, *SHAPE, generator=g)
+    if kind == "N(0,100^2)":
+        return 100 * torch.randn(n, *SHAPE, generator=g)
+    return 0.5 + torch.linspace(0, 30, n).view(-1, 1, 1, 1).expand(n, *SHAPE).clone()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", DATA_SCALE)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_idempotency_below_1e6_at_the_data_scale(variant, kind, seed):
+    """The documented domain: every value in [-1, 2] (images in [0, 1] and a margin of one image
+    range each side), perturbed models of both variants. Measured max 4e-7."""
+    model = perturbed_model(VARIANTS[variant], dtype=torch.float32, seed=seed)
+    x = float32_inputs(kind, 32)
+    assert float(x.min()) >= -1 and float(x.max()) <= 2
+    assert float(idempotency_error(model, x).max()) <= 1e-6
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", DATA_SCALE + FAR)
+def test_float32_idempotency_is_bounded_by_the_conditioning_of_g(variant, kind):
+    """On any finite input, near or far from the data: error <= eps * ||I - P|| * kappa(J_g(f(x)))
+    (measured ratio <= 0.7 on these models)."""
+    model = perturbed_model(VARIANTS[variant], dtype=torch.float32, seed=1)
+    x = float32_inputs(kind, 8)
+    error, bound = idempotency_error(model, x), idempotency_bound(model, x)
+    assert bound.shape == error.shape == (8,) and bool((bound >= torch.finfo(torch.float32).eps).all())
+    assert bool((error <= bound).all()), (error / bound).max()
+
+
+def test_idempotency_bound_is_large_exactly_where_g_is_ill_conditioned():
+    """kappa is a few at the data scale and reaches 1e3 to 1e6 far out, where the error follows."""
     model = perturbed_model(True, dtype=torch.float32)
-    assert float(idempotency_error(model, inputs_of(kind, n=32, dtype=torch.float32)).max()) <= 1e-6
+    near, far = idempotency_bound(model, float32_inputs("U[-1,2]", 8)), idempotency_bound(
+        model, float32_inputs("N(0,100^2)", 8))
+    eps = torch.finfo(torch.float32).eps
+    assert float(near.max()) <= 100 * eps and float(far.max()) >= 1e4 * eps
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_error_far_out_is_the_output_off_the_set_not_float32_arithmetic(variant):
+    """Why no float64 evaluation fixes the far-out error: the exact (float64) map applied to the
+    float32 output f(x) moves it as much as the float32 map does (median ratio ~1, measured 0.7
+    to 1.1), because the float32 f(x) is a few ulps off the set and g's conditioning amplifies
+    that. The float32 error there exceeds the 1e-6 of the data scale: the domain matters."""
+    model32 = perturbed_model(VARIANTS[variant], dtype=torch.float32)
+    model64 = perturbed_model(VARIANTS[variant], dtype=torch.float32).double()
+    x = torch.cat([float32_inputs("N(0,10^2)", 16), float32_inputs("constants 0.5..30.5", 16)])
+    with torch.no_grad():
+        y = model32(x)
+        exact_second_pass = (model64(y.double()) - y.double()).flatten(1).norm(dim=1) / y.double().flatten(1).norm(dim=1)
+    error = idempotency_error(model32, x).double()
+    assert float(error.max()) > 1e-6
+    assert 0.5 <= float((error / exact_second_pass).median()) <= 2.0
+    assert float(exact_second_pass.max()) > 1e-6
 
 
 # ----- orthogonality in the induced Hilbert space -----

@@ -7,7 +7,22 @@ core `P` is a `Projector`: `P @ P == P` for every value of its parameters. Then
 
 for every `x` whatsoever (noise, photos, inputs far from any training data), trained or not:
 idempotency is a property of the parametrisation, not of the training. The only error left is
-float round-off of `g(g^-1(z)) = z`.
+float round-off, and in float32 where it stays small is precise:
+
+- The returned `f(x)` is a few ulps off the set `f` projects onto (its rounding to the model's
+  dtype and the round-off of one pass), and `f` moves such a point by `(J_f - I) d` with
+  `J_f - I = J_g^-1 (P - I) J_g`. So `||f(f(x)) - f(x)|| / ||f(x)||` is at most about
+  `eps * ||I - P|| * kappa(J_g(f(x)))`, `kappa` the condition number of g's Jacobian at `f(x)`,
+  on any finite input (`uses.idempotency_bound` computes it; measured ratio <= 0.75).
+- At the scale the ActNorms were initialised on, `kappa` is a few and the float32 error is below
+  1e-6 (tested on inputs with every value in [-1, 2]: uniform and Gaussian noise, constants,
+  data-like images). Far outside, the couplings saturate, `kappa` reaches 1e3 to 1e7, and the
+  error of the worst images grows with it: 1e-5 to 1e-4 on N(0, 10^2) noise and constant
+  images of value 10 to 30, 3e-2 on N(0, 100^2) (measured on small perturbed models;
+  docs/projective.md, "Idempotency in float32").
+- Evaluating more of `g^-1 P g` in float64 does not shrink the far-out error: the exact float64
+  map applied to the float32 `f(x)` moves it as much as the float32 map does. `model.double()`
+  does: 1e-15 at the data scale, 1e-13 on N(0, 10^2) and the constants, 3e-11 on N(0, 100^2).
 
 With the symmetric (default) projector `P = Q Q^T`, `f` is the *orthogonal* projection onto the
 set `M = g^-1(range P)` in the Hilbert space that `g` induces (`linearizer.spaces`): `f(x)` is the
@@ -97,6 +112,10 @@ class ProjectiveModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """`f(x) = g^-1(P g(x))` for images `[B, C, H, W]` (not clamped: clamping is not a projection).
+
+        Idempotent on every finite input; in float32, `f(f(x))` equals `f(x)` to 1e-6 relative
+        for inputs at the data's scale (values in [-1, 2]) and to `eps * kappa(J_g(f(x)))`
+        anywhere (module docstring).
 
         Raises:
             ValueError: `x` of another shape, dtype or device than the model's, or not finite.
