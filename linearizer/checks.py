@@ -61,7 +61,7 @@ def check_finite(x: Tensor, name: str = "input") -> Tensor:
     """
     if not bool(torch.isfinite(x).all()):
         bad = ~torch.isfinite(x)
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite value(s) of {x.numel()}")
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or infinite) of {x.numel()}")
     return x
 
 
