@@ -206,9 +206,10 @@ class Trainer:
         return int(client_state["step"])
 
     def _precision(self) -> torch.autocast:
-        """bf16 runs: DeepSpeed keeps bf16 weights (fp32 masters in the optimizer); autocast runs
-        matmuls and convolutions in bf16 while numerically delicate ops (solves, logs) stay in
-        fp32, and mixes the bf16 weights with float32 inputs, buffers and constants of model code."""
+        """bf16 runs: torch autocast over fp32 weights. Weights, gradients and optimizer state stay
+        fp32 in DeepSpeed (its own bf16 mode is off, see `pipelines.config`: the invertible 1x1
+        convolutions' triangular solves need fp32); autocast runs matmuls and convolutions in
+        bf16, while numerically delicate ops (solves, logs) stay in fp32."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.job.distributed.precision == "bf16")
 

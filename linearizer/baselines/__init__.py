@@ -1,11 +1,11 @@
 """Baselines the Linearizer models are measured against.
 
-Importing this package registers their model kinds (they are not among the kinds
-`linearizer.kinds` imports on demand), after which `get_kind("fm_baseline")` and the training
-loop `linearizer.training.fit` treat them like any other kind.
+The flow-matching baseline is a kind the library ships: `get_kind("fm_baseline")` imports
+`linearizer.baselines.flow_matching` on first use (no import of this package needed), and the
+training loop `linearizer.training.fit`, the pipelines and the registry treat it like any other
+kind.
 
 Example:
-    >>> import linearizer.baselines
     >>> kind = get_kind("fm_baseline")
     >>> model = kind.build(ModelConfig(kind="fm_baseline"))
 """
