@@ -14,6 +14,10 @@ installed (the rest then installs with `-c constraints.txt` and never re-resolve
       directory or mirror), e.g. `2.13.0+cpu`, pinned to that exact version;
    c. else stop, saying how to choose (a reachable index, or the CUDA build on purpose).
 
+After installing, it checks that the build it got is the one it chose (a local wheel directory
+in pip's configuration can hold a `+cpu` wheel that also satisfies `torch==X.Y.Z`) and stops
+with the fix if not.
+
 Standard library only: it runs before the environment has anything in it.
 
 Run:
@@ -161,9 +165,30 @@ def choose(mode: str, index: str, cpu_index: str, spec: str, *,
         f"(several GB) with TORCH=cuda")
 
 
+def installed_build(python: str) -> dict[str, str | None]:
+    """The torch that `python` imports: {"version": ..., "cuda": CUDA version or None}."""
+    code = "import json, torch; print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda}))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_build(choice: Choice, build: dict[str, str | None]) -> str | None:
+    """Why the installed build is not the chosen one, or None when it is (an index the user named
+    is taken as given)."""
+    if choice.build == "cuda" and build["cuda"] is None:
+        return (f"a GPU build was chosen but torch {build['version']} has no CUDA: pip's configuration "
+                f"serves a CPU build first; install from a CUDA index with TORCH_INDEX=<url> "
+                f"(e.g. https://download.pytorch.org/whl/cu128), or TORCH=cpu")
+    if choice.build == "cpu" and build["cuda"] is not None:
+        return (f"the CPU build was chosen but torch {build['version']} is built for CUDA {build['cuda']}: "
+                f"give a CPU index with TORCH_INDEX=<url>")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pip", required=True, help="the pip of the environment to install into")
+    parser.add_argument("--python", default=None, help="its python (default: the python beside --pip)")
     parser.add_argument("--torch", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--index", default="", help="install torch from this index, whatever the machine")
     parser.add_argument("--cpu-index", default=CPU_INDEX, help=f"the CPU wheel index (default: {CPU_INDEX})")
@@ -184,7 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"torch: {shlex.join(command)}", flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(command)
+    code = subprocess.call(command)
+    if code != 0:
+        return code
+    build = installed_build(args.python or str(Path(args.pip).with_name("python")))
+    problem = check_build(choice, build)
+    if problem is not None:
+        print(f"torch: {problem}", file=sys.stderr)
+        return 3
+    print(f"torch: installed {build['version']} ({'CUDA ' + build['cuda'] if build['cuda'] else 'CPU'})")
+    return 0
 
 
 if __name__ == "__main__":

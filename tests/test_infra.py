@@ -404,6 +404,18 @@ def test_torch_build_choice_refuses_to_guess():
         Probes().choose(spec="torch>=2")
 
 
+@pytest.mark.parametrize("build, installed, problem", [
+    ("cuda", {"version": "2.13.0+cpu", "cuda": None}, "has no CUDA"),
+    ("cpu", {"version": "2.13.0", "cuda": "12.8"}, "is built for CUDA 12.8"),
+    ("cuda", {"version": "2.13.0", "cuda": "12.8"}, None),
+    ("cpu", {"version": "2.13.0+cpu", "cuda": None}, None),
+    ("index", {"version": "2.13.0", "cuda": "12.8"}, None),
+])
+def test_installed_torch_build_is_checked_against_the_choice(build, installed, problem):
+    found = install_torch.check_build(install_torch.Choice(build, ["torch==2.13.0"], "test"), installed)
+    assert (found is None) if problem is None else (problem in found and "TORCH_INDEX=<url>" in found)
+
+
 @pytest.mark.parametrize("nvidia_smi, pip_version, expected", [
     ("echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'", "2.13.0", "torch: cuda: torch==2.13.0, CUDA build"),
     ("exit 9", "2.13.0+cpu", "torch: cpu: torch==2.13.0+cpu, the CPU build pip already finds"),
