@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from linearizer.config import ConfigError
+from linearizer.metrics.classifier import DEFAULT_STEPS as CLASSIFIER_STEPS
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +65,7 @@ class ValidationConfig:
     heldout_samples: int = 256
     batch_size: int = 64
     fid_samples: int = 0
-    classifier_steps: int = 800
+    classifier_steps: int = CLASSIFIER_STEPS
     cache_dir: str | None = None
     seed: int = 1234
 

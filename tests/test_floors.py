@@ -127,7 +127,7 @@ def test_a_model_that_draws_noise_is_refused_and_force_is_recorded(mlflow_store,
     assert str(client.get_model_version_by_alias(name, "challenger").version) == noise
     tags = client.get_model_version(name, noise).tags
     assert tags["eval.decision"] == "rejected" and tags["eval.forced"] == "false"
-    assert "fid.floors[mnist-classifier-v1/steps1000-" in tags["eval.failures"]
+    assert "fid.floors[mnist-classifier-v1/steps800-bs128-lr0.002-seed0]" in tags["eval.failures"]
     report = (refused.report_dir / "report.md").read_text()
     assert "| quality floors | FAIL |" in report and "x the bound)" in report
 

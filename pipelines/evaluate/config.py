@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from linearizer.config import ConfigError, apply_overrides, from_dict, load_config
+from linearizer.kinds import evaluations
+from linearizer.metrics.classifier import DEFAULT_STEPS as CLASSIFIER_STEPS
 
 #: FID floors of generated MNIST digits (against the test split), by feature network and the
 #: recipe of its weights (`linearizer.metrics.fid.extractor_key`). The classifier's value is the
-#: geometric mean of two reference sets' FIDs (`python -m bench.fid_floors`,
-#: docs/results/fid_floors.json): real digits blurred by 1 px (198, readable) and samples of a
-#: Gaussian fitted to the digits (624, blobs); noise and an untrained model score 1500-2100.
-DEFAULT_FID_FLOORS: dict[str, float] = {"mnist-classifier-v1/steps1000-bs128-lr0.002-seed0": 350.0}
-#: evaluation name -> the model kind it needs.
-EVALUATION_KINDS = {"sampling": "onestep", "projection": "projective", "style": "style"}
+#: geometric mean (rounded up) of two reference sets' FIDs (`python -m bench.quality_floors`,
+#: docs/results/quality_floors.json): real digits blurred by 1 px (181, readable) and samples of
+#: a Gaussian fitted to the digits (547, blobs); noise and an untrained model score 1460-1960.
+DEFAULT_FID_FLOORS: dict[str, float] = {"mnist-classifier-v1/steps800-bs128-lr0.002-seed0": 315.0}
+#: evaluation name -> the model kind it needs, from each kind's `KindSpec.evaluation`.
+EVALUATION_KINDS = evaluations()
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -120,7 +122,7 @@ class FidConfig:
 
     extractor: Literal["auto", "inception", "mnist-classifier", "off"] = "auto"
     n_real: int = 1000
-    classifier_steps: int = 1000
+    classifier_steps: int = CLASSIFIER_STEPS  # one recipe for training validation, evaluation and benches
     classifier_limit: int | None = None
     cache_dir: str | None = None
     floors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FID_FLOORS))
