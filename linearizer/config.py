@@ -54,6 +54,10 @@ class FlowConfig:
             leave float32's range; see docs/onestep.md for the measured effect.
         shared: one network serves `g_x` and `g_y` through a role flag (the paper's choice);
             False builds two separate networks.
+        conditioner_precision: "float32", or "bfloat16" to run the U-Net conditioners'
+            convolutions in bfloat16 (autocast, channels-last) while every invertible map stays
+            float32, so inversion and the collapse stay exact. About 3x faster training on CPUs
+            with AMX / AVX512-BF16 (docs/benchmarks.md); part of the model, so sampling uses it too.
     """
 
     depth: int = 4
@@ -61,6 +65,7 @@ class FlowConfig:
     conditioner: Literal["unet", "mlp"] = "unet"
     clamp: float = 2.0
     shared: bool = True
+    conditioner_precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         # Checked at construction too, not only when loaded: build_flow(shape, FlowConfig(depth=0))
@@ -198,6 +203,15 @@ class TrainConfig:
         grad_clip: max gradient norm (0 disables clipping).
         seed: seed of parameters, data order and noise.
         log_every, sample_every, checkpoint_every: intervals in steps (0 disables).
+        lr_schedule: "constant" (`lr` throughout), or "cosine": cosine decay from `lr` to
+            `lr * min_lr_ratio` over the steps after the warmup.
+        warmup_steps: steps of linear warmup from `lr / warmup_steps` to `lr` (0: none).
+        min_lr_ratio: the cosine schedule's final lr as a fraction of `lr`.
+        ema_decay: decay of an exponential moving average of the weights, used for sampling
+            and export (the trained model ends with the averaged weights); 0 disables it.
+            The average starts at the weights after step 1 and warms up as
+            `min(ema_decay, (1 + step) / (10 + step))`, so short runs are not dominated by the
+            initial weights.
     """
 
     steps: int = 1000
@@ -209,12 +223,19 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0
     checkpoint_every: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    ema_decay: float = 0.0
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 1, f"{path}.steps must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, f"{path}.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"{path}.lr must be > 0, got {self.lr}")
         _check(self.grad_clip >= 0, f"{path}.grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.warmup_steps >= 0, f"{path}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.min_lr_ratio <= 1, f"{path}.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        _check(0 <= self.ema_decay < 1, f"{path}.ema_decay must lie in [0, 1), got {self.ema_decay}")
         for name in ("log_every", "sample_every", "checkpoint_every"):
             _check(getattr(self, name) >= 0, f"{path}.{name} must be >= 0, got {getattr(self, name)}")
 

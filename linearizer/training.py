@@ -1,9 +1,12 @@
-"""A bare single-process training loop, generic over model kinds.
+"""A bare single-process training loop, generic over model kinds, and the recipe pieces it shares
+with the distributed pipelines.
 
 `fit` is the single-process path and the baseline the distributed pipelines are measured
-against: AdamW, gradient-norm clipping, a progress bar, and a hard stop on a non-finite loss.
-It knows nothing about a model family; the kind's `loss` hook (`linearizer.kinds`) does, exactly
-as in the Ray Train pipelines.
+against: AdamW, gradient-norm clipping, an optional warmup + cosine learning-rate schedule
+(`lr_factor`), an optional exponential moving average of the weights (`WeightEMA`), a progress
+bar, and a hard stop on a non-finite loss. It knows nothing about a model family; the kind's
+`loss` hook (`linearizer.kinds`) does, exactly as in the Ray Train pipelines, whose workers use
+the same `lr_factor` and `WeightEMA`.
 
 Example:
     >>> kind = get_kind("onestep")
@@ -75,6 +78,112 @@ def _batches_forever(batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str,
         epoch += 1
 
 
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiplier of `cfg.lr` for optimiser step `step` (1-based) under `cfg`'s schedule.
+
+    Linear warmup over `cfg.warmup_steps` steps (step k of the warmup uses `k / warmup_steps`),
+    then `cfg.lr_schedule`: "constant" stays at 1, "cosine" decays from 1 to `cfg.min_lr_ratio`
+    at step `cfg.steps`.
+
+    Args:
+        step: the step about to be taken, 1 to `cfg.steps` (later steps keep the final factor).
+        cfg: the training config.
+
+    Returns:
+        A factor in `[min_lr_ratio, 1]` (or in `(0, 1]` during the warmup).
+
+    Raises:
+        ValueError: `step < 1`.
+    """
+    if step < 1:
+        raise ValueError(f"lr_factor takes a 1-based step, got {step}")
+    if step <= cfg.warmup_steps:
+        return step / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / decay_steps, 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WeightEMA:
+    """An exponential moving average of a model's floating-point parameters and buffers.
+
+    Sampling from averaged weights is the standard cheap quality gain of generative training:
+    the average smooths the last steps' noise that a decaying learning rate only partly removes.
+    Non-floating buffers (e.g. ActNorm's `initialized` flags) and empty buffers (a one-step
+    model's unbuilt `B`) are copied, not averaged. The decay warms up as
+    `min(decay, (1 + n) / (10 + n))` after `n` updates, so a short run is not dominated by its
+    first weights.
+
+    Args:
+        model: the model whose weights are averaged (read at every `update`).
+        decay: the final decay, in [0, 1).
+
+    Example:
+        >>> ema = WeightEMA(model, decay=0.999)
+        >>> for step in ...: optimizer.step(); ema.update()
+        >>> ema.copy_to(model)                # sample or export with the averaged weights
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
+        self.decay, self.updates = float(decay), 0
+        self.shadow = {k: _shadow_copy(v) for k, v in model.state_dict().items()}
+
+    def current_decay(self) -> float:
+        """The decay the next `update` applies."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average.
+
+        Raises:
+            ValueError: the model's state has keys or shapes the average was not built with.
+        """
+        decay = self.current_decay()
+        state = model.state_dict()
+        if state.keys() != self.shadow.keys():
+            raise ValueError(f"WeightEMA.update got a model with other keys: "
+                             f"{sorted(state.keys() ^ self.shadow.keys())[:5]}")
+        for key, value in state.items():
+            avg = self.shadow[key]
+            if value.shape != avg.shape or not value.is_floating_point():
+                self.shadow[key] = _shadow_copy(value)
+            else:
+                avg.lerp_(value.detach().to(avg.dtype), 1.0 - decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into `model` (the same architecture)."""
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged weights, keyed like `model.state_dict()` (for checkpoints and export)."""
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, Tensor], updates: int) -> None:
+        """Resume an average saved by `state_dict` after `updates` updates.
+
+        Raises:
+            ValueError: `state` has other keys than the average.
+        """
+        if state.keys() != self.shadow.keys():
+            raise ValueError(f"WeightEMA.load_state_dict got other keys: {sorted(state.keys() ^ self.shadow.keys())[:5]}")
+        self.shadow = {k: _shadow_copy(v) for k, v in state.items()}
+        self.updates = int(updates)
+
+
+def _shadow_copy(value: Tensor) -> Tensor:
+    """A detached copy to average into; half-precision weights are averaged in float32, since a
+    bfloat16 average cannot move by the small steps `1 - decay` makes."""
+    value = value.detach().clone()
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -90,12 +199,13 @@ def fit(kind: ModelKind | str, model: nn.Module, batches: Iterable[dict[str, Ten
         model: the model, on the device its batches should go to.
         batches: an iterable of dict batches (`kind.batch_keys`); re-iterated for more epochs
             (a one-shot iterator ends training early when it runs out).
-        cfg: steps, lr, weight decay, grad clipping, seed.
+        cfg: steps, lr and its schedule, weight decay, grad clipping, EMA, seed.
         on_step: called after every step with that step's record.
         progress: show a tqdm progress bar.
 
     Returns:
-        One record per step: `step`, `loss`, the kind's loss terms, `grad_norm`, `lr`.
+        One record per step: `step`, `loss`, the kind's loss terms, `grad_norm`, `lr` (the lr
+        that step used). With `cfg.ema_decay > 0` the model ends holding the averaged weights.
 
     Raises:
         FloatingPointError: the loss or the gradient norm is NaN or infinite (the message names
@@ -107,6 +217,8 @@ def fit(kind: ModelKind | str, model: nn.Module, batches: Iterable[dict[str, Ten
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done + 1, cfg))
+    ema: WeightEMA | None = None
     history: list[dict[str, float]] = []
     model.train()
     bar = tqdm(total=cfg.steps, disable=not progress, desc=f"train {kind.name}", unit="step")
@@ -130,9 +242,14 @@ def fit(kind: ModelKind | str, model: nn.Module, batches: Iterable[dict[str, Ten
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"non-finite gradient norm {grad_norm} at step {step}; terms: {terms}")
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
-            record = {"step": step, **terms, "loss": float(loss.detach()), "grad_norm": grad_norm,
-                      "lr": optimizer.param_groups[0]["lr"]}
+            schedule.step()
+            if cfg.ema_decay > 0:
+                # built after the first step: data-dependent init has run by then
+                ema = WeightEMA(model, cfg.ema_decay) if ema is None else ema
+                ema.update(model)
+            record = {"step": step, **terms, "loss": float(loss.detach()), "grad_norm": grad_norm, "lr": lr}
             history.append(record)
             if on_step is not None:
                 on_step(record)
@@ -141,5 +258,7 @@ def fit(kind: ModelKind | str, model: nn.Module, batches: Iterable[dict[str, Ten
             bar.update(1)
     finally:
         bar.close()
+    if ema is not None:
+        ema.copy_to(model)
     model.eval()
     return history

@@ -136,13 +136,24 @@ def export_model(checkpoint_dir: str | Path, model_cfg: ModelConfig, kind: Model
                  out_dir: str | Path) -> tuple[nn.Module, Path]:
     """Rebuild the trained model from a checkpoint, finalize it and save it safely.
 
+    A checkpoint that holds an average of the weights (`train.ema_decay > 0`, the worker's
+    `EMA_FILE`) exports the average: it is what the run samples with.
+
     Returns:
         (the finalized model in eval mode, the saved model directory).
 
     Raises:
         ValueError: the checkpoint does not fit a model built from `model_cfg`.
     """
-    state = consolidated_state_dict(checkpoint_dir, zero_stage)
+    from .worker import EMA_FILE
+
+    ema_path = Path(checkpoint_dir) / EMA_FILE
+    if ema_path.is_file():
+        from safetensors.torch import load_file
+
+        state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(ema_path)).items()}
+    else:
+        state = consolidated_state_dict(checkpoint_dir, zero_stage)
     model = kind.build(model_cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

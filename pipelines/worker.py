@@ -15,6 +15,12 @@ every few seconds); a crash before that falls back to the checkpoint before.
 
 Rank 0 alone writes to MLflow, through `tracking.RankZero`. DeepSpeed keeps weights, gradients
 and optimizer state in fp32; `precision=bf16` is autocast around the kind's hooks.
+
+The recipe of `train` (`linearizer.config.TrainConfig`) is the single-process loop's: the lr of
+step k is `lr * lr_factor(k)` (warmup, cosine), set from the step counter, so a resumed run
+continues the schedule; with `train.ema_decay > 0` rank 0 keeps an exponential moving average
+of the weights (`linearizer.training.WeightEMA`), saves it into every checkpoint as
+`ema_weights.safetensors` (restored on resume), and the export uses it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from linearizer.kinds import ModelKind, get_kind
+from linearizer.training import WeightEMA, lr_factor
 
 from .config import JobConfig, config_hash, job_from_dict, public_dict
 from .tracking import RankZero
@@ -41,6 +48,8 @@ from .validation import Validator
 
 #: written by rank 0 into every checkpoint: what a resuming run must agree with.
 STATE_FILE = "linearizer_state.json"
+#: written by rank 0 into every checkpoint when `train.ema_decay > 0`: the averaged weights.
+EMA_FILE = "ema_weights.safetensors"
 
 
 def _seed(*parts: int) -> int:
@@ -166,6 +175,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config["deepspeed"])
         self.validator = Validator.from_loop_config(config, self.job, self.kind, self.rank, self.world, self.device)
+        if t.ema_decay > 0 and self.job.distributed.zero_stage == 3:
+            raise ValueError("train.ema_decay needs distributed.zero_stage <= 2: ZeRO-3 partitions the weights, "
+                             "so no rank holds the whole model to average")
+        # rank 0 alone averages: only it writes the average into checkpoints, and no collective is involved
+        self.ema = WeightEMA(self.engine.module, t.ema_decay) if t.ema_decay > 0 and self.rank == 0 else None
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 self.start_step = self._restore(directory)
@@ -203,7 +217,20 @@ class Trainer:
                                                          load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"DeepSpeed found no checkpoint to load in {directory}")
-        return int(client_state["step"])
+        step = int(client_state["step"])
+        if self.ema is None:
+            return step
+        # a checkpoint without an average (EMA switched on for the resumed run) starts it here
+        self.ema = WeightEMA(self.engine.module, self.job.train.ema_decay)
+        ema_path = Path(directory) / EMA_FILE
+        if ema_path.is_file():
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(ema_path), framework="pt") as f:
+                updates = int((f.metadata() or {}).get("updates", step))
+            self.ema.load_state_dict(load_file(str(ema_path)), updates)
+        return step
 
     def _precision(self) -> torch.autocast:
         """bf16 runs: torch autocast over fp32 weights. Weights, gradients and optimizer state stay
@@ -229,6 +256,11 @@ class Trainer:
                          "precision": self.job.distributed.precision, "kind": self.job.model.kind,
                          "config_hash": config_hash(self.job)}
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+                if self.ema is not None:
+                    from safetensors.torch import save_file
+
+                    save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()},
+                              str(Path(tmp) / EMA_FILE), metadata={"updates": str(self.ema.updates)})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:08d}")
         self.last_checkpoint = f"checkpoint_{step:08d}"
@@ -291,7 +323,11 @@ class Trainer:
                 loss, terms = self.kind.loss(self.engine.module, batch, generator)
             check_finite(loss, terms, step, self.last_checkpoint)
             self.engine.backward(loss)
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = t.lr * lr_factor(step, t)
             self.engine.step()
+            if self.ema is not None:
+                self.ema.update(self.engine.module)
             window_steps += 1
             last = step == t.steps
             if (t.log_every and step % t.log_every == 0) or last:
@@ -306,6 +342,7 @@ class Trainer:
                 grad_norm = self.engine.get_global_grad_norm()
                 if grad_norm is not None:
                     logs["grad_norm"] = float(grad_norm)
+                logs["lr"] = t.lr * lr_factor(step, t)
                 self.log.log_metrics(logs, step)
                 metrics = {"step": step, **logs, **common}
                 window_start, window_steps = time.perf_counter(), 0

@@ -13,15 +13,28 @@ matters more than speed.
 
 When the network serves several roles (one `g` for `g_x` and `g_y`), the role enters as a
 one-hot code: constant planes appended to an image, features appended to a vector.
+
+`precision="bfloat16"` runs a U-Net conditioner's convolutions in bfloat16 (autocast, channels-last
+activations) and hands its output back in float32. The coupling's affine map stays in the input's
+dtype, and forward and inverse feed the conditioner the same bits (`y_cond == x_cond`), so the
+inverse is still exact to float32 round-off: bfloat16 changes which function `g` is, not whether
+it inverts. Convolutions are three quarters of a training step on CPU, and bfloat16 ones run about
+three times faster on CPUs with AMX or AVX512-BF16 (and on GPUs); elsewhere they can be slower.
+float64 inputs are never autocast, so float64 checks see the float64 function.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Role, role_index
+
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 
 def _one_hot(role: Role, batch: int, num_roles: int, like: Tensor) -> Tensor:
@@ -41,6 +54,8 @@ class UNetConditioner(nn.Module):
         out_ch: channels emitted (2x the transformed half: log-scale and shift).
         hidden: channels of the first level (the second level has 2 * hidden).
         num_roles: roles told apart by one-hot planes appended to the input; 1 adds none.
+        precision: "float32", or "bfloat16" to run the convolutions of float32 inputs in
+            bfloat16 (see the module docstring); the output is float32 either way.
 
     Example:
         >>> net = UNetConditioner(2, 4, hidden=16, num_roles=2)
@@ -48,12 +63,15 @@ class UNetConditioner(nn.Module):
         torch.Size([3, 4, 7, 9])
     """
 
-    def __init__(self, in_ch: int, out_ch: int, hidden: int, num_roles: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, hidden: int, num_roles: int = 1, precision: Precision = "float32"):
         super().__init__()
         if min(in_ch, out_ch, hidden, num_roles) < 1:
             raise ValueError(f"UNetConditioner sizes must be >= 1, got in_ch={in_ch}, out_ch={out_ch}, "
                              f"hidden={hidden}, num_roles={num_roles}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"UNetConditioner precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.in_ch, self.out_ch, self.hidden, self.num_roles = in_ch, out_ch, hidden, num_roles
+        self.precision = precision
         role_ch = num_roles if num_roles > 1 else 0
         self.enc = nn.Conv2d(in_ch + role_ch, hidden, 3, padding=1)
         self.down = nn.Conv2d(hidden, 2 * hidden, 3, stride=2, padding=1)
@@ -67,6 +85,14 @@ class UNetConditioner(nn.Module):
         if self.num_roles > 1:
             planes = _one_hot(role, x.shape[0], self.num_roles, x)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
+        if self.precision == "float32" or x.dtype != torch.float32:
+            return self._net(x)
+        # oneDNN's bfloat16 kernels want channels-last; autocast leaves the output in bfloat16
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = self._net(x.contiguous(memory_format=torch.channels_last))
+        return out.float().contiguous()
+
+    def _net(self, x: Tensor) -> Tensor:
         skip = F.silu(self.enc(x))
         h = F.silu(self.mid(F.silu(self.down(skip))))
         h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
@@ -74,7 +100,8 @@ class UNetConditioner(nn.Module):
         return self.out(h)
 
     def extra_repr(self) -> str:
-        return f"in_ch={self.in_ch}, out_ch={self.out_ch}, hidden={self.hidden}, num_roles={self.num_roles}"
+        return (f"in_ch={self.in_ch}, out_ch={self.out_ch}, hidden={self.hidden}, num_roles={self.num_roles}, "
+                f"precision={self.precision}")
 
 
 class MLPConditioner(nn.Module):

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import InvertibleModule, Role, check_channels
-from .conditioners import MLPConditioner, UNetConditioner
+from .conditioners import PRECISIONS, MLPConditioner, Precision, UNetConditioner
 
 
 class AffineCoupling(InvertibleModule):
@@ -33,6 +33,9 @@ class AffineCoupling(InvertibleModule):
         swap: transform the first half given the second instead of the reverse.
         clamp: bound on the log-scales (soft, via tanh).
         num_roles: roles the conditioner tells apart (one-hot input); 1 ignores the role flag.
+        precision: "float32", or "bfloat16" for a U-Net conditioner's convolutions (its output,
+            and the affine map, stay float32; see `linearizer.flows.conditioners`). MLP
+            conditioners ignore it.
 
     Example:
         >>> block = AffineCoupling(4, hidden=16, conditioner="unet", num_roles=2)
@@ -48,6 +51,7 @@ class AffineCoupling(InvertibleModule):
         swap: bool = False,
         clamp: float = 2.0,
         num_roles: int = 1,
+        precision: Precision = "float32",
     ):
         super().__init__()
         if num_channels < 2:
@@ -56,13 +60,17 @@ class AffineCoupling(InvertibleModule):
             raise ValueError(f"conditioner must be 'unet' or 'mlp', got {conditioner!r}")
         if not clamp > 0:
             raise ValueError(f"clamp must be > 0, got {clamp}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.num_channels, self.hidden, self.kind = num_channels, hidden, conditioner
         self.swap, self.clamp, self.num_roles = bool(swap), float(clamp), num_roles
         split = num_channels // 2
         cond_ch, active_ch = (num_channels - split, split) if swap else (split, num_channels - split)
         self.split = split
-        net = UNetConditioner if conditioner == "unet" else MLPConditioner
-        self.net = net(cond_ch, 2 * active_ch, hidden, num_roles)
+        if conditioner == "unet":
+            self.net: nn.Module = UNetConditioner(cond_ch, 2 * active_ch, hidden, num_roles, precision)
+        else:
+            self.net = MLPConditioner(cond_ch, 2 * active_ch, hidden, num_roles)
 
     def _check(self, x: Tensor) -> None:
         check_channels(x, self.num_channels, "AffineCoupling")

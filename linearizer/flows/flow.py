@@ -75,7 +75,7 @@ def build_flow(shape: Sequence[int], cfg: FlowConfig, num_roles: int = 2) -> Flo
     Args:
         shape: `(C, H, W)` for images (U-Net conditioners) or `(d,)` for vectors (MLP
             conditioners, whatever `cfg.conditioner` says).
-        cfg: depth, conditioner width, clamp.
+        cfg: depth, conditioner width and precision, clamp.
         num_roles: roles the network serves (2: one network for `g_y` = role 0 and `g_x` = role 1).
 
     Returns:
@@ -110,8 +110,10 @@ def build_flow(shape: Sequence[int], cfg: FlowConfig, num_roles: int = 2) -> Flo
     for _ in range(cfg.depth):
         blocks += [
             ActNorm(channels, num_roles),
-            AffineCoupling(channels, cfg.hidden, conditioner, swap=False, clamp=cfg.clamp, num_roles=num_roles),
-            AffineCoupling(channels, cfg.hidden, conditioner, swap=True, clamp=cfg.clamp, num_roles=num_roles),
+            AffineCoupling(channels, cfg.hidden, conditioner, swap=False, clamp=cfg.clamp, num_roles=num_roles,
+                           precision=cfg.conditioner_precision),
+            AffineCoupling(channels, cfg.hidden, conditioner, swap=True, clamp=cfg.clamp, num_roles=num_roles,
+                           precision=cfg.conditioner_precision),
             InvConv1x1(channels),
         ]
     if squeeze:
