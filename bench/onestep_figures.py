@@ -55,7 +55,8 @@ from linearizer.io import load_model, save_model
 from linearizer.kinds import get_kind
 from linearizer.metrics import agreement_db, fid, get_extractor, load_or_train_classifier
 from linearizer.metrics.fid import feature_stats
-from linearizer.onestep import interpolate, invert, reconstruct, reference_collapse
+from linearizer.onestep import interpolate, invert, reconstruct
+from linearizer.onestep.evaluation import collapse_summary, in_batches, reference_samples
 from linearizer.training import TensorBatches, fit
 from linearizer.viz import save_grid
 
@@ -148,7 +149,7 @@ def timed_batches(fn: Callable[[Tensor], Tensor], x: Tensor, size: int, device: 
         fn(x[:size])
     sync(device)
     start, start_cpu = time.perf_counter(), time.process_time()
-    out = torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
+    out = in_batches(fn, x, size)
     sync(device)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     n = x.shape[0]
@@ -279,11 +280,8 @@ def eval_onestep(args: argparse.Namespace, ctx: Context) -> dict:
     one, t_one = timed_batches(model.sample, x0, size, dev)
     many, t_many = timed_batches(multistep, x0, size, dev)
     g_only, t_g = timed_batches(lambda b: model.decode_data(model.encode_noise(b)), x0, size, dev)
-    ref_B = reference_collapse(model, info.steps, info.t_end).to(model.B_b.dtype)
-    ref_one = torch.cat([model.decode_data(model.unflat(ref_B.apply(model.flat(model.encode_noise(x0[i:i + size])))))
-                         for i in range(0, x0.shape[0], size)])
-    r: dict = {"n": args.eval_n, "B": {"method": info.method, "steps": info.steps, "t_end": info.t_end,
-                                       "form": "dense" if model.B_W.numel() else f"identity + rank {model.B_P.shape[1]}"}}
+    ref_one = reference_samples(model, x0, size)
+    r: dict = {"n": args.eval_n, "B": collapse_summary(model)}
     r["agreement_db_float32"] = goal(agreement_db(one.clamp(0, 1), many.clamp(0, 1)), 60.0)
     r["agreement_db_float32_unclamped"] = agreement_db(one, many)
     r["reference_collapse_agreement_db_float32"] = agreement_db(ref_one.clamp(0, 1), many.clamp(0, 1))
@@ -304,7 +302,7 @@ def eval_onestep(args: argparse.Namespace, ctx: Context) -> dict:
     # inversion on held-out images (the test split; training saw only the train split)
     real = ctx.test[:args.inversion_n].to(dev)
     noise, t_inv = timed_batches(lambda b: invert(model, b), real, size, dev)
-    back = torch.cat([model.sample(noise[i:i + size]) for i in range(0, noise.shape[0], size)])
+    back = in_batches(model.sample, noise, size)
     r["inversion_n"] = real.shape[0]
     r["inversion_db_float32"] = goal(agreement_db(back.clamp(0, 1), real), 50.0)
     back64 = reconstruct(model64, real[:args.f64_n].double())
@@ -315,8 +313,7 @@ def eval_onestep(args: argparse.Namespace, ctx: Context) -> dict:
                                      "median_abs": float(noise.abs().median())}
     # the float32 round-off floor of the data map alone, g_x^-1(g_x(x)), for comparison
     r["g_x_roundtrip_db_float32"] = agreement_db(
-        torch.cat([model.decode_data(model.encode_data(real[i:i + size])) for i in range(0, real.shape[0], size)]).clamp(0, 1),
-        real)
+        in_batches(lambda b: model.decode_data(model.encode_data(b)), real, size).clamp(0, 1), real)
     r["timing"] = {"one_step": t_one, f"rk4_{info.steps}_steps": t_many, "g_passes_only": t_g,
                    "invert": t_inv}
 

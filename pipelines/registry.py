@@ -10,8 +10,12 @@ pickle of a torch module is code execution on load.) `load_context` calls
 Serving: `predict(model_input, params)` takes a float32 array `[N, C, H, W]` (noise or images in
 [0, 1], depending on the mode) and returns one; `params["mode"]` picks the kind's operation
 (default: its first mode); other params are passed to `kind.predict`. The signature declares
-"mode" and every param a kind lists in an optional `param_types` attribute (name -> int, float,
-str or bool); MLflow drops undeclared params.
+"mode" and every request parameter of the kind's `KindSpec` (`linearizer.kinds.spec_of`) with its
+type; MLflow drops undeclared params.
+
+The version's pip requirements are the library's own dependencies pinned to the installed
+versions, plus MLflow: all of them resolve from PyPI. The project itself is not published, so a
+serving environment installs it from this repository (or its wheel) next to them.
 
 Each version is tagged with the kind, the training run id and the config hash, and the alias
 `mlflow.alias` ("challenger") moves to it.
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from linearizer.io import load_model, read_model_config
-from linearizer.kinds import get_kind
+from linearizer.kinds import get_kind, spec_of
 
 if TYPE_CHECKING:
     from .config import JobConfig
@@ -50,7 +54,7 @@ mlflow.models.set_model(LinearizerPyfunc())
 #: model_config key listing plugin modules to import before the kind is looked up. MLflow also
 #: logs model_config entries as run params, so the key must not collide with a job config key.
 IMPORTS_KEY = "pyfunc_imports"
-_MLFLOW_TYPES = {int: "long", float: "double", str: "string", bool: "boolean"}
+_MLFLOW_TYPES = {int: "long", float: "double", str: "string", bool: "boolean", list: "string"}
 
 
 class LinearizerPyfunc(mlflow.pyfunc.PythonModel):
@@ -68,12 +72,13 @@ class LinearizerPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Run `kind.predict` on `model_input` (`[N, C, H, W]` float array) with `params`.
 
-        Params MLflow filled with a None default (not given by the caller) are dropped.
+        Params MLflow filled with the signature's "not given" default (None, or an empty list
+        for list params) are dropped, so the kind applies its own defaults.
 
         Returns:
             A float32 numpy array (images `[N, C, H, W]`, or noise for inversion modes).
         """
-        params = {k: v for k, v in (params or {}).items() if v is not None}
+        params = {k: v for k, v in (params or {}).items() if v is not None and not _empty_list(v)}
         params.setdefault("mode", self.kind.modes[0])
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
@@ -81,29 +86,55 @@ class LinearizerPyfunc(mlflow.pyfunc.PythonModel):
         return y.detach().float().cpu().numpy()
 
 
+def _empty_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and len(value) == 0
+
+
 def signature_for(model_dir: str | Path) -> mlflow.models.ModelSignature:
-    """Tensor in, tensor out (`[-1, C, H, W]` float32), plus the kind's params."""
+    """Tensor in, tensor out (`[-1, C, H, W]` float32), plus the kind's params from its spec.
+
+    Every param defaults to "not given" (None; an empty list for list params, which MLflow
+    cannot default to None), so the kind's own defaults apply.
+
+    Raises:
+        ValueError: a param type MLflow cannot declare.
+    """
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     cfg = read_model_config(model_dir)
-    kind = get_kind(cfg.kind)
+    spec = spec_of(get_kind(cfg.kind))
     shape = (-1, *cfg.image_shape)
-    specs = [ParamSpec("mode", "string", kind.modes[0])]
-    for name, tp in sorted(getattr(kind, "param_types", {}).items()):
+    specs = [ParamSpec("mode", "string", spec.mode_names[0])]
+    for name, tp in sorted(spec.param_types().items()):
         if tp not in _MLFLOW_TYPES:
-            raise ValueError(f"kind {kind.name!r} param {name!r} has type {tp!r}; "
-                             f"expected one of int, float, str, bool")
-        specs.append(ParamSpec(name, _MLFLOW_TYPES[tp], None))
+            raise ValueError(f"kind {spec.name!r} param {name!r} has type {tp!r}; "
+                             f"expected one of int, float, str, bool, list")
+        if tp is list:
+            specs.append(ParamSpec(name, _MLFLOW_TYPES[tp], [], shape=(-1,)))
+        else:
+            specs.append(ParamSpec(name, _MLFLOW_TYPES[tp], None))
     tensor = Schema([TensorSpec(np.dtype(np.float32), shape)])
     return mlflow.models.ModelSignature(inputs=tensor, outputs=tensor, params=ParamSchema(specs))
 
 
 def requirements() -> list[str]:
-    """pip requirements of a served model (the project itself, as installed from this repository)."""
+    """pip requirements of a served model: the library's dependencies at their installed versions, and MLflow.
+
+    The project itself is not on PyPI, so it is not listed: a requirement pip cannot resolve
+    would make every environment MLflow builds for the model fail.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     import safetensors
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
-            f"safetensors=={safetensors.__version__}", "linearizer"]
+    pinned = {"torch": torch.__version__.split("+")[0], "mlflow": mlflow.__version__, "numpy": np.__version__,
+              "safetensors": safetensors.__version__}
+    for name in ("pillow", "pyyaml", "tqdm"):  # the rest of linearizer's own dependencies (pyproject.toml)
+        try:
+            pinned[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return [f"{name}=={v}" for name, v in pinned.items()]
 
 
 def log_pyfunc(model_dir: str | Path, imports: list[str] | None = None, name: str = "model",
@@ -121,7 +152,8 @@ def log_pyfunc(model_dir: str | Path, imports: list[str] | None = None, name: st
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(code), artifacts={"model": str(model_dir)},
             model_config={IMPORTS_KEY: list(imports or [])}, signature=signature_for(model_dir),
-            input_example=example, pip_requirements=requirements(), registered_model_name=registered_model,
+            input_example=example, pip_requirements=requirements(),
+            registered_model_name=registered_model,
         )
 
 

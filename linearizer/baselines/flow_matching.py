@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, ModelConfig
-from ..kinds import register_kind, served
+from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from ..operators.time_lowrank import sinusoidal_embedding
 
 METHODS = ("euler", "rk4")
@@ -281,16 +279,27 @@ def flow_matching_loss(model: FlowMatchingBaseline, x1: Tensor, generator: torch
     return loss, {"fm": value, "loss": value}
 
 
-class FlowMatchingKind:
+SPEC = KindSpec(
+    name="fm_baseline",
+    modes=(Mode("sample", "noise", (
+        Param("steps", int, None, "integration steps (None: cfg.sampler.steps)", low=1),
+        Param("method", str, None, "integrator (None: cfg.sampler.method)", choices=METHODS),
+        Param("t_end", float, None, "end time (None: cfg.sampler.t_end, else 1)", low=0.0, high=1.0,
+              low_open=True),
+    ), doc="images by integrating the learned velocity"),),
+    batch_keys=("image",),
+    terms=("fm",),
+)
+
+
+class FlowMatchingKind(ImageKind):
     """Hooks of the flow-matching baseline (`linearizer.kinds`).
 
     predict: mode "sample" only, inputs noise `[N, C, H, W]`, optional params `steps`, `method`,
     `t_end` (default `cfg.sampler`); outputs images clamped to [0, 1].
     """
 
-    name = "fm_baseline"
-    modes = ("sample",)
-    batch_keys = ("image",)
+    spec = SPEC
 
     def build(self, cfg: ModelConfig) -> FlowMatchingBaseline:
         return FlowMatchingBaseline(cfg)
@@ -309,30 +318,9 @@ class FlowMatchingKind:
     def finalize(self, model: FlowMatchingBaseline) -> None:
         """Nothing to precompute: every sample integrates the network anew."""
 
-    @torch.no_grad()
-    @served
-    def predict(self, model: FlowMatchingBaseline, inputs: Tensor, params: dict[str, Any]) -> Tensor:
-        """Serve a "sample" request.
-
-        Raises:
-            ValueError: an unknown mode or param, or inputs that are not finite noise of the
-                model's image shape.
-        """
-        if params.get("mode") not in self.modes:
-            raise ValueError(f"params['mode'] must be one of {list(self.modes)}, got {params.get('mode')!r}")
-        unknown = sorted(set(params) - {"mode", "steps", "method", "t_end"})
-        if unknown:
-            raise ValueError(f"mode 'sample' accepts params ['steps', 'method', 't_end'], got unknown {unknown}")
-        shape = ", ".join(map(str, model.image_shape))
-        if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() != 4 \
-                or tuple(inputs.shape[1:]) != model.image_shape or inputs.shape[0] < 1:
-            got = list(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"sample inputs must be float noise [N, {shape}] with N >= 1, got {got}")
-        if not bool(torch.isfinite(inputs).all()):
-            raise ValueError("sample inputs (noise) contain NaN or infinite values")
-        ref = next(model.parameters())
-        x0 = inputs.to(dtype=ref.dtype, device=ref.device)
-        return model.sample(x0, params.get("method"), params.get("steps"), params.get("t_end")).clamp(0, 1)
+    def predict_sample(self, model: FlowMatchingBaseline, x0: Tensor, steps: int | None, method: str | None,
+                       t_end: float | None) -> Tensor:
+        return model.sample(x0, method, steps, t_end).clamp(0, 1)
 
 
 KIND = register_kind(FlowMatchingKind())

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, ModelConfig, TrainConfig, dump_config, from_dict, load_config
 from ..io import load_model, save_model
-from ..kinds import get_kind
+from ..kinds import add_param_options, get_kind
 from ..viz import save_grid
+from .evaluation import in_batches, require_B
 from .inversion import interpolate, invert, reconstruct
+from .kind import SPEC
 from .model import OneStepLinearizer, noise_like
-from .samplers import METHODS
 from ..cli import positive_int
 
 
@@ -70,19 +71,6 @@ def _noise(model: OneStepLinearizer, n: int, seed: int) -> Tensor:
     return noise_like(like, _generator(seed))
 
 
-def _in_batches(fn, x: Tensor, batch_size: int, desc: str) -> Tensor:
-    """`fn` over `x` in chunks, with a progress bar (sampling thousands of images)."""
-    chunks = range(0, x.shape[0], batch_size)
-    with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch_size]) for i in tqdm(chunks, desc=desc, unit="batch")])
-
-
-def _require_B(model: OneStepLinearizer, what: str) -> None:
-    if not model.has_B:
-        raise ValueError(f"{what} needs the collapsed operator B, which this model has not built "
-                         f"(train with `linearizer train`, which builds it, or use --steps)")
-
-
 # ----- commands ------------------------------------------------------------------------------
 
 
@@ -117,10 +105,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load(args)
     x0 = _noise(model, args.n, args.seed)
     if args.steps is None:
-        _require_B(model, "one-step sampling")
-        x = _in_batches(model.sample, x0, args.batch_size, "sample (one step)")
+        require_B(model, "one-step sampling (without --steps)")
+        x = in_batches(model.sample, x0, args.batch_size, "sample (one step)")
     else:
-        x = _in_batches(lambda b: model.sample_multistep(b, args.method, args.steps, args.t_end), x0,
+        x = in_batches(lambda b: model.sample_multistep(b, args.method, args.steps, args.t_end), x0,
                         args.batch_size, f"sample ({args.steps} steps)")
     print(save_grid(x.clamp(0, 1), args.out, nrow=args.nrow))
     return 0
@@ -128,7 +116,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_invert(args: argparse.Namespace) -> int:
     model = _load(args)
-    _require_B(model, "inversion")
+    require_B(model, "inversion")
     x = load_images(args.data, model.image_shape, args.split, args.n).to(model.B_b)
     with torch.no_grad():
         x0 = invert(model, x, args.solve)
@@ -157,36 +145,27 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..metrics import agreement_db, fid, get_extractor
     from ..metrics.classifier import IMAGE_SHAPE as MNIST_SHAPE, NAME as MNIST_CLASSIFIER
-    from .collapse import reference_collapse
+    from .evaluation import agreement, collapse_summary, inversion_db, reference_samples
 
     model = _load(args)
-    _require_B(model, "evaluation")
-    info = model.B_info
-    steps = info.steps if args.steps is None else args.steps
-    t_end = info.t_end if steps == info.steps else None  # another step count: its default end time
+    require_B(model, "evaluation")
     x0 = _noise(model, args.n, args.seed)
-    one = _in_batches(model.sample, x0, args.batch_size, "one-step samples")
-    many = _in_batches(lambda b: model.sample_multistep(b, info.method, steps, t_end), x0, args.batch_size,
-                       f"{steps}-step samples")
-    result = {"B": {"method": info.method, "steps": info.steps, "t_end": info.t_end,
-                    "form": "dense" if model.B_W.numel() else f"identity + rank {model.B_P.shape[1]}"},
-              "n": args.n, f"agreement_db_1_vs_{steps}_steps": agreement_db(one.clamp(0, 1), many.clamp(0, 1))}
-    if info.method == "rk4":  # what the reference's un-nested RK4 collapse would give instead
-        ref = reference_collapse(model, info.steps, info.t_end).to(model.B_b.dtype)
-        ref_one = _in_batches(lambda b: model.decode_data(model.unflat(ref.apply(model.flat(model.encode_noise(b))))),
-                              x0, args.batch_size, "reference collapse")
-        result[f"reference_rk4_agreement_db_1_vs_{steps}_steps"] = agreement_db(ref_one.clamp(0, 1), many.clamp(0, 1))
+    a = agreement(model, x0, args.steps, args.batch_size, progress=True)
+    steps = a.steps
+    result = {"B": collapse_summary(model), "n": args.n, f"agreement_db_1_vs_{steps}_steps": a.db}
+    if model.B_info.method == "rk4":  # what the reference's un-nested RK4 collapse would give instead
+        ref_one = reference_samples(model, x0, args.batch_size, progress=True)
+        result[f"reference_rk4_agreement_db_1_vs_{steps}_steps"] = agreement_db(ref_one.clamp(0, 1), a.many)
     real = load_images(args.data, model.image_shape, args.split, args.n).to(model.B_b)
-    back = _in_batches(lambda b: reconstruct(model, b), real, args.batch_size, "inversion -> reconstruction")
-    result["inversion_db"] = agreement_db(back.clamp(0, 1), real)
+    result["inversion_db"] = inversion_db(model, real, args.batch_size, progress=True)
     if args.no_fid:
         pass
     elif args.extractor != "inception" and model.image_shape != MNIST_SHAPE:
         result["fid"] = f"skipped: the offline {MNIST_CLASSIFIER} extractor needs {MNIST_SHAPE} images"
     else:
         extractor = get_extractor(args.extractor)  # its name goes into every FID result
-        result["fid_1_step"] = fid(real.cpu(), one.clamp(0, 1).cpu(), extractor).to_dict()
-        result[f"fid_{steps}_steps"] = fid(real.cpu(), many.clamp(0, 1).cpu(), extractor).to_dict()
+        result["fid_1_step"] = fid(real.cpu(), a.one.cpu(), extractor).to_dict()
+        result[f"fid_{steps}_steps"] = fid(real.cpu(), a.many.cpu(), extractor).to_dict()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -233,8 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--steps", type=positive_int, help="integrate with N steps instead of the one-step B")
-    p.add_argument("--method", choices=METHODS, default="rk4", help="multi-step method (default: rk4)")
-    p.add_argument("--t-end", type=float, help="multi-step end time (default: 1 - 1/steps)")
+    add_param_options(p, SPEC.mode("sample_multistep"), only=("method", "t_end"), defaults={"method": "rk4"})
     p.add_argument("--nrow", type=positive_int, help="images per grid row")
     p.add_argument("--out", required=True, help="PNG grid")
     p.set_defaults(func=cmd_sample)
@@ -243,7 +221,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     _data(p)
     p.add_argument("--n", type=positive_int, default=8, help="first N images of the split (default: 8)")
-    p.add_argument("--solve", choices=("inverse", "pinv"), default="inverse", help="B^-1 (Woodbury) or B^+")
+    add_param_options(p, SPEC.mode("invert"), only=("solve",))
     p.add_argument("--out", required=True, help="PNG grid")
     p.set_defaults(func=cmd_invert)
 
@@ -252,7 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _data(p)
     p.add_argument("--pair", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="image indices (default: 0 1)")
     p.add_argument("--n", type=positive_int, default=8, help="points on the path, ends included (default: 8)")
-    p.add_argument("--solve", choices=("inverse", "pinv"), default="inverse")
+    add_param_options(p, SPEC.mode("interpolate"), only=("solve",))
     p.add_argument("--out", required=True, help="PNG: induced path, then the reference's pixel-noise path")
     p.set_defaults(func=cmd_interpolate)
 

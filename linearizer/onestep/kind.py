@@ -20,50 +20,52 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..kinds import register_kind, served
-from .inversion import SOLVES, interpolate, invert, reconstruct
+from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
+from .inversion import SOLVES, SPACES, interpolate, invert, reconstruct
 from .model import OneStepLinearizer, noise_like
 from .objective import onestep_loss
+from .samplers import METHODS
 
-#: params each mode accepts besides "mode".
-MODE_PARAMS: dict[str, tuple[str, ...]] = {
-    "sample": (),
-    "sample_multistep": ("steps", "method", "t_end"),
-    "invert": ("solve",),
-    "reconstruct": ("solve",),
-    "interpolate": ("n", "space", "solve"),
-}
+SOLVE = Param("solve", str, "inverse", "how B is inverted: B^-1 (Woodbury) or B^+", choices=SOLVES)
+SPEC = KindSpec(
+    name="onestep",
+    modes=(
+        Mode("sample", "noise", doc="one-step samples g_x^-1(B g_y(x0))"),
+        Mode("sample_multistep", "noise", (
+            Param("steps", int, None, "integration steps (None: cfg.sampler.steps)", low=1),
+            Param("method", str, None, "integrator (None: cfg.sampler.method)", choices=METHODS),
+            Param("t_end", float, None, "end time (None: cfg.sampler.t_end, else 1 - 1/steps)",
+                  low=0.0, high=1.0, low_open=True, high_open=True),
+        ), doc="T-step samples"),
+        Mode("invert", "images", (SOLVE,), doc="noise pre-images of images"),
+        Mode("reconstruct", "images", (SOLVE,), doc="image -> noise -> image"),
+        Mode("interpolate", "images", (
+            Param("n", int, 8, "points on the path, ends included", low=2),
+            Param("space", str, "induced", "the line in g_x's induced space, or between noise pre-images",
+                  choices=SPACES),
+            SOLVE,
+        ), count=2, doc="a path between two images"),
+    ),
+    batch_keys=("image",),
+    loss_weights={"w_latent": "latent", "w_noise": "noise", "w_data": "data", "w_pred": "pred"},
+    evaluation="sampling",
+)
 
 
-def _check_images(model: OneStepLinearizer, x: Any, what: str, unit_range: bool) -> Tensor:
-    """Validate a request tensor and bring it to the model's dtype and device."""
-    shape = ", ".join(map(str, model.image_shape))
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor [N, {shape}], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor (float images in [0, 1] or noise), got {x.dtype}")
-    if x.dim() != 4 or tuple(x.shape[1:]) != model.image_shape or x.shape[0] < 1:
-        raise ValueError(f"{what} must have shape [N, {shape}] with N >= 1, got {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{what} contains NaN or infinite values")
-    if unit_range and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError(f"{what} must be images in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    ref = model.B_b
-    return x.to(dtype=ref.dtype, device=ref.device)
+def _require_B(model: OneStepLinearizer, mode: str) -> None:
+    if not model.has_B:
+        raise ValueError(f"mode {mode!r} needs the collapsed operator B, which this model has not built: "
+                         f"run the kind's finalize (model.build_B()) first")
 
 
-class OneStepKind:
+class OneStepKind(ImageKind):
     """Hooks of the one-step flow-matching Linearizer (`OneStepLinearizer`)."""
 
-    name = "onestep"
-    modes = tuple(MODE_PARAMS)
-    batch_keys = ("image",)
+    spec = SPEC
 
     def build(self, cfg: ModelConfig) -> OneStepLinearizer:
         return OneStepLinearizer(cfg)
@@ -71,6 +73,9 @@ class OneStepKind:
     def loss(self, model: OneStepLinearizer, batch: dict[str, Tensor],
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         return onestep_loss(model, batch["image"], generator)
+
+    def initialize(self, model: OneStepLinearizer, batch: dict[str, Tensor]) -> None:
+        model.initialize(batch["image"])
 
     @torch.no_grad()
     def samples(self, model: OneStepLinearizer, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -85,46 +90,32 @@ class OneStepKind:
         """Collapse the sampler of `cfg.sampler` into B and cache it in the model."""
         model.build_B()
 
-    @torch.no_grad()
-    @served
-    def predict(self, model: OneStepLinearizer, inputs: Tensor, params: dict[str, Any]) -> Tensor:
-        """Serve one request (see the module docstring for modes, inputs and params).
+    @staticmethod
+    def reference(model: OneStepLinearizer) -> Tensor:
+        return model.B_b
 
-        Raises:
-            ValueError: an unknown mode or param, malformed inputs, or B not built for a mode
-                that needs it.
-        """
-        mode = params.get("mode")
-        if mode not in MODE_PARAMS:
-            raise ValueError(f"params['mode'] must be one of {list(MODE_PARAMS)}, got {mode!r}")
-        unknown = sorted(set(params) - {"mode", *MODE_PARAMS[mode]})
-        if unknown:
-            raise ValueError(f"mode {mode!r} accepts params {list(MODE_PARAMS[mode])}, got unknown {unknown}")
-        needs_B = mode in ("sample", "invert", "reconstruct") or (mode == "interpolate"
-                                                                  and params.get("space") == "noise")
-        if needs_B and not model.has_B:
-            raise ValueError(f"mode {mode!r} needs the collapsed operator B, which this model has not built: "
-                             f"run the kind's finalize (model.build_B()) first")
-        if mode == "sample":
-            return model.sample(_check_images(model, inputs, "sample inputs (noise)", False)).clamp(0, 1)
-        if mode == "sample_multistep":
-            x0 = _check_images(model, inputs, "sample_multistep inputs (noise)", False)
-            # steps, method and t_end are validated by the sampler's grid
-            x = model.sample_multistep(x0, params.get("method"), params.get("steps"), params.get("t_end"))
-            return x.clamp(0, 1)
-        solve = params.get("solve", "inverse")
-        if solve not in SOLVES:  # checked here too: interpolation in the induced space never reaches a solve
-            raise ValueError(f"solve must be one of {list(SOLVES)}, got {solve!r}")
-        if mode == "invert":
-            return invert(model, _check_images(model, inputs, "invert inputs (images)", True), solve)
-        if mode == "reconstruct":
-            x1 = _check_images(model, inputs, "reconstruct inputs (images)", True)
-            return reconstruct(model, x1, solve).clamp(0, 1)
-        x = _check_images(model, inputs, "interpolate inputs (images)", True)
-        if x.shape[0] != 2:
-            raise ValueError(f"interpolate takes exactly 2 images [2, ...], got {x.shape[0]}")
-        return interpolate(model, x[0:1], x[1:2], params.get("n", 8), params.get("space", "induced"),
-                           solve).clamp(0, 1)
+    # ----- predict modes (see the module docstring; requests are checked against SPEC) -----
+
+    def predict_sample(self, model: OneStepLinearizer, x0: Tensor) -> Tensor:
+        _require_B(model, "sample")
+        return model.sample(x0).clamp(0, 1)
+
+    def predict_sample_multistep(self, model: OneStepLinearizer, x0: Tensor, steps: int | None,
+                                 method: str | None, t_end: float | None) -> Tensor:
+        return model.sample_multistep(x0, method, steps, t_end).clamp(0, 1)
+
+    def predict_invert(self, model: OneStepLinearizer, x1: Tensor, solve: str) -> Tensor:
+        _require_B(model, "invert")
+        return invert(model, x1, solve)
+
+    def predict_reconstruct(self, model: OneStepLinearizer, x1: Tensor, solve: str) -> Tensor:
+        _require_B(model, "reconstruct")
+        return reconstruct(model, x1, solve).clamp(0, 1)
+
+    def predict_interpolate(self, model: OneStepLinearizer, x: Tensor, n: int, space: str, solve: str) -> Tensor:
+        if space == "noise":
+            _require_B(model, "interpolate")
+        return interpolate(model, x[0:1], x[1:2], n, space, solve).clamp(0, 1)
 
 
 KIND = register_kind(OneStepKind())

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checks import check_images
 from ..config import ModelConfig
 from ..flows import build_maps
+from ..linearizer import Linearizer
 from ..operators.dense import Dense
 from ..operators.identity_lowrank import IdentityPlusLowRank
 from ..operators.time_lowrank import TimeLowRank
@@ -186,6 +187,25 @@ class OneStepLinearizer(nn.Module):
         if self.B_W.numel():
             return Dense(self.B_W, trainable=False)
         return IdentityPlusLowRank(self.B_b, self.B_P, self.B_Q)
+
+    def as_linearizer(self, t: float | None = None) -> Linearizer:
+        """The one-step map as a `Linearizer(g_y, B, g_x)`, sharing this model's modules (no copy).
+
+        Its forward is one-step sampling, `g_x^{-1}(B g_y(x0))`, so all of the Linearizer's linear
+        algebra (`transpose`, `pinv`, `svd`, `range_basis`, ...) applies to the sampler.
+
+        Args:
+            t: None for the collapsed B (built by `build_B`); a time in [0, 1] for `A(t)`, the
+                learned one-step prediction of the data code from the code at t (at t = 0 the
+                direct noise-to-data prediction).
+
+        Example:
+            >>> L = model.as_linearizer()
+            >>> torch.testing.assert_close(L(x0), model.sample(x0))
+            >>> U, S, V = L.svd(8)          # the sampler's top directions, as images
+        """
+        A = self.B_operator() if t is None else self.A.at(t)
+        return Linearizer(self.g_y, A, self.g_x, self.image_shape)
 
     def _require_B(self) -> None:
         if not self.has_B:

@@ -18,30 +18,29 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..kinds import register_kind, served
+from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from .model import ProjectiveModel
 from .objective import gaussian_noise, projective_loss
-from .uses import check_images
 
-#: params each mode accepts besides "mode".
-MODE_PARAMS: dict[str, tuple[str, ...]] = {
-    "project": ("clamp",),
-    "sample": ("clamp",),
-}
+CLAMP = Param("clamp", bool, False, "clip the outputs to [0, 1] for display (a clipped output is no fixed point)")
+SPEC = KindSpec(
+    name="projective",
+    modes=(Mode("project", "any", (CLAMP,), doc="f(inputs): the projection of any images"),
+           Mode("sample", "noise", (CLAMP,), doc="f(noise): samples")),
+    batch_keys=("image",),
+    loss_weights={"w_data": "pixel", "w_latent": "latent", "w_prior": "prior_data", "w_noise": "prior_noise"},
+    evaluation="projection",
+)
 
 
-class ProjectiveKind:
+class ProjectiveKind(ImageKind):
     """Hooks of the globally projective model (`ProjectiveModel`)."""
 
-    name = "projective"
-    modes = tuple(MODE_PARAMS)
-    batch_keys = ("image",)
+    spec = SPEC
 
     def build(self, cfg: ModelConfig) -> ProjectiveModel:
         return ProjectiveModel(cfg)
@@ -49,6 +48,9 @@ class ProjectiveKind:
     def loss(self, model: ProjectiveModel, batch: dict[str, Tensor],
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         return projective_loss(model, batch["image"], generator)
+
+    def initialize(self, model: ProjectiveModel, batch: dict[str, Tensor]) -> None:
+        model.initialize(batch["image"])
 
     @torch.no_grad()
     def samples(self, model: ProjectiveModel, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -60,27 +62,16 @@ class ProjectiveKind:
     def finalize(self, model: ProjectiveModel) -> None:
         """Nothing to build: `P`'s basis is one `d x k` QR per call, and `f` needs no cache."""
 
-    @torch.no_grad()
-    @served
-    def predict(self, model: ProjectiveModel, inputs: Tensor, params: dict[str, Any]) -> Tensor:
-        """Serve one request (see the module docstring for modes, inputs and params).
+    @staticmethod
+    def reference(model: ProjectiveModel) -> Tensor:
+        return model.code_scale
 
-        Raises:
-            ValueError: an unknown mode or param, a non-bool `clamp`, or malformed inputs
-                (not a tensor, not floating point, wrong shape, NaN or inf).
-        """
-        mode = params.get("mode")
-        if mode not in MODE_PARAMS:
-            raise ValueError(f"params['mode'] must be one of {list(MODE_PARAMS)}, got {mode!r}")
-        unknown = sorted(set(params) - {"mode", *MODE_PARAMS[mode]})
-        if unknown:
-            raise ValueError(f"mode {mode!r} accepts params {list(MODE_PARAMS[mode])}, got unknown {unknown}")
-        clamp = params.get("clamp", False)
-        if not isinstance(clamp, bool):
-            raise ValueError(f"params['clamp'] must be true or false, got {clamp!r}")
-        what = "sample inputs (noise)" if mode == "sample" else "project inputs (images)"
-        y = model(check_images(model, inputs, what))
+    def predict_project(self, model: ProjectiveModel, x: Tensor, clamp: bool) -> Tensor:
+        y = model(x)
         return y.clamp(0, 1) if clamp else y
+
+    def predict_sample(self, model: ProjectiveModel, x0: Tensor, clamp: bool) -> Tensor:
+        return self.predict_project(model, x0, clamp)
 
 
 KIND = register_kind(ProjectiveKind())

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,19 +32,36 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, LossConfig, ModelConfig
 from ..flows import ActNorm
-from ..kinds import register_kind, served
+from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from ..perceptual import get_perceptual
 from .algebra import apply_in_sequence, compose_styles, interpolate_styles, with_strength
 from .model import StyleModel
 
-#: parameters each predict mode accepts (beyond "mode"), and their defaults (None: required).
-MODE_PARAMS: dict[str, dict[str, Any]] = {
-    "style": {"style": None, "strength": 1.0},
-    "interpolate": {"style_a": None, "style_b": None, "alpha": 0.5},
-    "compose": {"styles": None, "how": "operator"},
-}
+#: how "compose" combines styles: one operator `A_n...A_1`, or each style applied to the previous image.
 COMPOSE_HOW = ("operator", "sequential")
-
+SPEC = KindSpec(
+    name="style",
+    modes=(
+        Mode("style", "images", (
+            Param("style", str, doc="the style's name", example="grade"),
+            Param("strength", float, 1.0, "0 returns the content, 1 the style (algebra.with_strength)"),
+        ), doc="one style, at a strength"),
+        Mode("interpolate", "images", (
+            Param("style_a", str, doc="the style at alpha = 0", example="grade"),
+            Param("style_b", str, doc="the style at alpha = 1", example="pencil"),
+            Param("alpha", float, 0.5, "the operator (1 - alpha) A_a + alpha A_b"),
+        ), doc="between two styles, by operator interpolation"),
+        Mode("compose", "images", (
+            Param("styles", list, doc="style names, the first applied first", example=["grade", "pencil"]),
+            Param("how", str, "operator", "one operator A_n...A_1, or each style applied in sequence",
+                  choices=COMPOSE_HOW),
+        ), doc="several styles in sequence"),
+    ),
+    batch_keys=("image", "target", "style"),
+    loss_weights={"w_pred": "pred", "w_latent": "latent", "w_data": "content_rec", "w_noise": "styled_rec",
+                  "w_prior": "identity"},
+    evaluation="style",
+)
 
 def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     device = generator.device if generator is not None else x.device
@@ -109,56 +125,13 @@ def check_images(model: StyleModel, x: Any, what: str = "inputs") -> Tensor:
         ValueError: not a tensor, not `[B, C, H, W]` of the model's image shape, not floating
             point, not finite, or outside [0, 1].
     """
-    C, H, W = model.image_shape
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{what} must be a float tensor [B, {C}, {H}, {W}] in [0, 1], got {type(x).__name__}")
-    if x.dim() == 3:
-        raise ValueError(f"{what} must be a batch [B, {C}, {H}, {W}], got one image {list(x.shape)}: use x[None]")
-    if x.dim() != 4 or tuple(x.shape[1:]) != model.image_shape or x.shape[0] == 0:
-        raise ValueError(f"{what} must have shape [B, {C}, {H}, {W}] (this model's image shape), "
-                         f"got {list(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{what} must be floating point in [0, 1], got {x.dtype} (divide uint8 images by 255)")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{what} contain NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"{what} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    ref = next(model.parameters())
-    return x.to(dtype=ref.dtype, device=ref.device)
+    return SPEC.mode("style").check_inputs(x, model.image_shape, like=next(model.parameters()))
 
 
-def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`params` with defaults filled in; unknown or missing keys raise."""
-    allowed = MODE_PARAMS[mode]
-    unknown = sorted(set(params) - set(allowed) - {"mode"})
-    if unknown:
-        raise ValueError(f"predict mode {mode!r} takes parameters {sorted(allowed)}, got unknown {unknown}")
-    out = {k: params.get(k, default) for k, default in allowed.items()}
-    missing = [k for k, v in out.items() if v is None]
-    if missing:
-        raise ValueError(f"predict mode {mode!r} needs parameters {missing}")
-    return out
+class StyleKind(ImageKind):
+    """The "style" kind (see `linearizer.kinds.ModelKind`); predict outputs are clamped to [0, 1]."""
 
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(float(value)) < float("inf"):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _style_list(value: Any) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"styles must be a non-empty list of style names, got {value!r}")
-    return [str(v) for v in value]
-
-
-class StyleKind:
-    """The "style" kind (see `linearizer.kinds.ModelKind`)."""
-
-    name = "style"
-    modes = tuple(MODE_PARAMS)
-    batch_keys = ("image", "target", "style")
+    spec = SPEC
 
     def build(self, cfg: ModelConfig) -> StyleModel:
         return StyleModel(cfg)
@@ -167,6 +140,9 @@ class StyleKind:
              ) -> tuple[Tensor, dict[str, float]]:
         model = _as_style_model(model)
         return style_loss(model, batch, model.cfg.loss, generator)
+
+    def initialize(self, model: StyleModel, batch: dict[str, Tensor]) -> None:
+        _as_style_model(model).initialize(batch["image"], batch["target"])
 
     @torch.no_grad()
     def samples(self, model: nn.Module, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -188,38 +164,23 @@ class StyleKind:
         _as_style_model(model).eval()
 
     @torch.no_grad()
-    @served
     def predict(self, model: nn.Module, inputs: Tensor, params: dict[str, Any]) -> Tensor:
-        """Serve one request; outputs are clamped to [0, 1].
+        """Serve one request (modes and params: `SPEC`); unknown style names raise a ValueError
+        that lists the model's styles."""
+        return super().predict(_as_style_model(model), inputs, params)
 
-        Modes and parameters:
-            "style": `style` (name), `strength` (default 1; 0 returns the content, see
-                `algebra.with_strength`).
-            "interpolate": `style_a`, `style_b`, `alpha` (default 0.5): operator `(1-a) A_a + a A_b`.
-            "compose": `styles` (list, first applied first), `how`: "operator" (one operator
-                `A_n...A_1`, default) or "sequential" (each style applied to the previous image).
+    def predict_style(self, model: StyleModel, x: Tensor, style: str, strength: float) -> Tensor:
+        f = model.linearizer(style) if strength == 1.0 else with_strength(model, style, strength)
+        return f(x).clamp(0.0, 1.0)
 
-        Raises:
-            ValueError: an unknown mode, style or parameter, or inputs that do not fit the model.
-        """
-        model = _as_style_model(model)
-        mode = params.get("mode", "style")
-        if mode not in MODE_PARAMS:
-            raise ValueError(f"unknown predict mode {mode!r} for kind 'style'; modes: {', '.join(self.modes)}")
-        p = _params(mode, params)
-        x = check_images(model, inputs)
-        if mode == "style":
-            strength = _number(p["strength"], "strength")
-            name = str(p["style"])
-            y = (model.linearizer(name) if strength == 1.0 else with_strength(model, name, strength))(x)
-        elif mode == "interpolate":
-            y = interpolate_styles(model, str(p["style_a"]), str(p["style_b"]), _number(p["alpha"], "alpha"))(x)
-        else:
-            styles = _style_list(p["styles"])
-            if p["how"] not in COMPOSE_HOW:
-                raise ValueError(f"compose 'how' must be one of {list(COMPOSE_HOW)}, got {p['how']!r}")
-            y = compose_styles(model, styles)(x) if p["how"] == "operator" else apply_in_sequence(model, styles, x)
+    def predict_interpolate(self, model: StyleModel, x: Tensor, style_a: str, style_b: str, alpha: float) -> Tensor:
+        return interpolate_styles(model, style_a, style_b, alpha)(x).clamp(0.0, 1.0)
+
+    def predict_compose(self, model: StyleModel, x: Tensor, styles: list[str], how: str) -> Tensor:
+        y = compose_styles(model, styles)(x) if how == "operator" else apply_in_sequence(model, styles, x)
         return y.clamp(0.0, 1.0)
 
 
-STYLE = register_kind(StyleKind())
+KIND = register_kind(StyleKind())
+#: the registered kind, under its former name.
+STYLE = KIND

@@ -36,7 +36,7 @@ from pipelines.tracking import flatten, redact
 
 from .common import (TAG, EvalResult, check_reachable, choose_evaluation, client_for, download_model, resolve_tracking,
                      resolve_version, set_version_tags)
-from .config import EvalConfig
+from .config import EVALUATION_KINDS, EvalConfig
 from .promotion import Decision, claim, evaluation_state, mark_failed, needs_evaluation, record_and_promote
 from .report import write_report
 
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
-#: evaluation name -> module with `run(model, model_cfg, cfg) -> EvalResult`.
-EVALUATIONS = {"sampling": "pipelines.evaluate.sampling", "projection": "pipelines.evaluate.projection",
-               "style": "pipelines.evaluate.style"}
+#: evaluation name -> module with `run(model, model_cfg, cfg) -> EvalResult`: the evaluation a kind
+#: declares in its `KindSpec` lives in `pipelines.evaluate.<name>`.
+EVALUATIONS = {name: f"{__package__}.{name}" for name in EVALUATION_KINDS}
 
 
 @dataclass

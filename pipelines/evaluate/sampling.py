@@ -3,8 +3,9 @@
 Measures, through the kind's predict modes only (what a served model does):
 
 - agreement: the same noises sampled in one step (`x = g_x^{-1}(B g_y(x0))`) and with the
-  multi-step sampler that B collapses, as the PSNR of the pooled MSE (`agreement_db`). An exact
-  collapse agrees to float round-off; a stale B (weights changed after `finalize`) does not;
+  multi-step sampler that B collapses, as the PSNR of the pooled MSE
+  (`linearizer.onestep.evaluation.agreement`, which `linearizer evaluate` and the figures bench
+  use too). An exact collapse agrees to float round-off; a stale B does not;
 - FID of one-step samples against the MNIST test split, naming the feature network;
 - throughput: one-step and multi-step samples per second, and their ratio;
 - a sample grid and a one-step / multi-step comparison grid for the report.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from linearizer.config import ModelConfig
 from linearizer.kinds import get_kind
-from linearizer.metrics import agreement_db
+from linearizer.onestep.evaluation import agreement, in_batches
 from linearizer.viz import make_grid
 
 from .common import EvalResult, EvaluationError, fid_floor, fid_info, fid_vs_mnist, generator, make_checks
@@ -36,10 +37,6 @@ HIGHER_IS_BETTER = {"fid": False, "agreement_db": True}
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _batched(fn, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
 def samples_per_second(sample, noise: Tensor, repeats: int) -> float:
@@ -89,14 +86,15 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
         return kind.predict(model, x0, {"mode": "sample_multistep", "steps": steps})
 
     x0 = noise(s.agreement_n, 0)
-    one, multi = _batched(one_step, x0, s.batch_size), _batched(multi_step, x0, s.batch_size)
-    metrics = {"agreement_db": agreement_db(one, multi)}
+    measured = agreement(model, x0, steps, s.batch_size)
+    one, multi = measured.one, measured.many
+    metrics = {"agreement_db": measured.db}
 
     metrics["samples_per_s"] = samples_per_second(one_step, noise(s.batch_size, 1), s.timing_batches)
     metrics["multistep_samples_per_s"] = samples_per_second(multi_step, x0[: min(8, s.agreement_n)], 1)
     metrics["speedup"] = metrics["samples_per_s"] / metrics["multistep_samples_per_s"]
 
-    samples = _batched(one_step, noise(s.n, 2), s.batch_size)
+    samples = in_batches(one_step, noise(s.n, 2), s.batch_size)
     info = {"multistep": f"{model_cfg.sampler.method}, {steps} steps", "n_samples": str(s.n),
             "n_agreement": str(s.agreement_n), "device": str(device)}
     scored = fid_vs_mnist(cfg, samples)

@@ -1,15 +1,14 @@
 """Fuzzing the entry points: hundreds of seeded bad inputs, each must get a clean error.
 
-Targets: `kind.predict` of the three built-in kinds, the served pyfunc model (loaded from the
-MLflow registry), and the job and evaluation config loaders (mappings, YAML files and `--set`
-overrides). Every input is a valid one with exactly one thing broken, so each must be refused;
+Targets: `kind.predict` of every built-in kind (cases read from its `KindSpec`), the served
+pyfunc model (loaded from the MLflow registry), and the job and evaluation config loaders
+(mappings, YAML files and `--set` overrides). Every input is a valid one with exactly one thing broken, so each must be refused;
 "clean" is defined in `fuzzing.judge` (a ValueError / TypeError / ConfigError with a message,
 raised from linearizer/ or pipelines/ code). A test-level timeout guards against hangs.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 
@@ -18,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from linearizer.config import to_dict
-from linearizer.kinds import get_kind
+from linearizer.config import ModelConfig, from_dict, to_dict
+from linearizer.kinds import builtin_kinds, get_kind
 from pipelines.config import JobConfig, load_job_config
 from pipelines.evaluate.config import EvalConfig, load_eval_config
 from tests.registry_models import onestep_model, projective_model, register, style_model
@@ -30,31 +29,32 @@ CONFIG_CASES = 400
 EVAL_CONFIG_CASES = 150
 PYFUNC_CASES = 200
 
-NOT_INT = [0, -3, 2.5, "4", True]
-SPECS = {
-    "onestep": [
-        ModeSpec("sample", False, None, {}, {}),
-        ModeSpec("sample_multistep", False, None, {"steps": 3},
-                 {"steps": NOT_INT, "method": ["midpoint", 3, ""], "t_end": [0.0, 1.0, 1.5, -0.2, math.nan, True]}),
-        ModeSpec("invert", True, None, {"solve": "inverse"}, {"solve": ["lu", 3, None]}),
-        ModeSpec("reconstruct", True, None, {"solve": "pinv"}, {"solve": ["lu", 3, None]}),
-        ModeSpec("interpolate", True, 2, {"n": 3},
-                 {"n": [1, 0, -2, 2.5, "8", True], "space": ["pixel", 2, None], "solve": ["lu", 7]}),
-    ],
-    "projective": [
-        ModeSpec("project", False, None, {"clamp": True}, {"clamp": ["yes", 1, None]}),
-        ModeSpec("sample", False, None, {}, {"clamp": ["no", 0, None]}),
-    ],
-    "style": [
-        ModeSpec("style", True, None, {"style": "grade", "strength": 0.5},
-                 {"style": ["nope", 3, None], "strength": ["x", math.nan, math.inf, None]}),
-        ModeSpec("interpolate", True, None, {"style_a": "grade", "style_b": "pencil", "alpha": 0.3},
-                 {"style_a": ["nope", None], "alpha": ["x", math.nan]}),
-        ModeSpec("compose", True, None, {"styles": ["grade", "pencil"], "how": "operator"},
-                 {"styles": [[], "grade", ["nope"], [3]], "how": ["parallel", 3]}),
-    ],
-}
-BUILDERS = {"onestep": lambda: onestep_model(0), "projective": projective_model, "style": style_model}
+#: bad values the declarations cannot know: names the model does not have.
+UNKNOWN_NAMES = {"style": ["nope"], "style_a": ["nope"], "style_b": ["nope"], "styles": [["nope"], ["grade", "q"]]}
+FUZZED = builtin_kinds()
+
+
+def mode_specs(kind_name: str) -> list[ModeSpec]:
+    """The fuzz cases of a kind, read from its `KindSpec`: every mode with valid params, and
+    for each param the values its declaration refuses (plus unknown names)."""
+    spec = get_kind(kind_name).spec
+    return [ModeSpec(mode.name, mode.inputs == "images", mode.count, mode.valid_params(),
+                     {p.name: p.invalid_values() + UNKNOWN_NAMES.get(p.name, []) for p in mode.params})
+            for mode in spec.modes]
+
+
+SPECS = {name: mode_specs(name) for name in FUZZED}
+
+
+def fm_baseline_model():
+    cfg = from_dict(ModelConfig, {"kind": "fm_baseline", "image_shape": [1, 8, 8], "flow": {"depth": 2, "hidden": 8},
+                                  "operator": {"time_embed_dim": 8}, "sampler": {"steps": 2, "method": "euler"}})
+    torch.manual_seed(0)
+    return get_kind("fm_baseline").build(cfg), cfg
+
+
+BUILDERS = {"onestep": lambda: onestep_model(0), "projective": projective_model, "style": style_model,
+            "fm_baseline": fm_baseline_model}
 
 
 def _report(verdicts, what: str) -> str:
@@ -98,7 +98,7 @@ def test_style_predict_refuses_params_that_are_not_a_dict():
 
 def test_onestep_interpolate_validates_solve_in_every_space():
     model, _ = onestep_model(0)
-    with pytest.raises(ValueError, match="solve must be one of"):
+    with pytest.raises(ValueError, match="'solve' must be one of"):
         get_kind("onestep").predict(model, torch.rand(2, 1, 32, 32), {"mode": "interpolate", "solve": "lu"})
 
 
