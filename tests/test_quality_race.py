@@ -1,0 +1,44 @@
+"""The quality race script (bench/quality_race.py): equal parameters, equal CPU budget, every sampler scored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.quality_race import BASELINE_STEPS, LINEARIZER_STEPS, count, main, matched_baseline
+from linearizer.config import FlowConfig, ModelConfig, OperatorConfig
+from linearizer.kinds import get_kind
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("hidden, rank", [(8, 2), (16, 4)])
+def test_baseline_is_matched_within_ten_percent(hidden, rank):
+    cfg = ModelConfig(kind="onestep", image_shape=(1, 32, 32), flow=FlowConfig(depth=2, hidden=hidden),
+                      operator=OperatorConfig(rank=rank))
+    target = count(get_kind("onestep").build(cfg))
+    baseline, n = matched_baseline(cfg, target)
+    assert baseline.kind == "fm_baseline" and n == count(get_kind("fm_baseline").build(baseline))
+    assert abs(n - target) <= 0.1 * target
+
+
+@pytest.mark.slow
+def test_race_trains_both_within_the_budget_and_scores_every_sampler(tmp_path):
+    out = tmp_path / "race.json"
+    assert main(["--budgets", "0.02", "--eval-n", "8", "--limit", "64", "--batch-size", "8",
+                 "--set", "flow.hidden=8", "--set", "operator.rank=2", "--out", str(tmp_path / "grids"),
+                 "--json", str(out), "--png", str(tmp_path / "race.png")]) == 0
+    results = json.loads(out.read_text())
+    (row,) = results["budgets"]
+    for kind, steps in (("onestep", LINEARIZER_STEPS), ("fm_baseline", BASELINE_STEPS)):
+        assert sorted(row[kind]["fid"], key=int) == [str(s) for s in steps]
+        assert all(v > 0 for v in row[kind]["fid"].values())
+        # the budget bounds training: it stops within one step past 1.2 s of CPU time
+        assert row[kind]["steps"] >= 1 and row[kind]["cpu_s"] < 1.2 + 5 * row[kind]["probe_step_cpu_s"]
+    one, hundred = row["onestep"]["fid"]["1"], row["onestep"]["fid"]["100"]
+    assert one == pytest.approx(hundred, rel=1e-3)  # B collapses the 100-step sampler
+    sizes = [results["models"][k]["parameters"] for k in ("onestep", "fm_baseline")]
+    assert abs(sizes[0] - sizes[1]) <= 0.1 * sizes[0]
+    assert results["fid_extractor"].startswith("mnist-classifier-v1/steps800-")
+    assert (tmp_path / "race.png").stat().st_size > 0
