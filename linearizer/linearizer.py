@@ -145,7 +145,7 @@ class Linearizer(nn.Module):
         Raises:
             ValueError: `k` or `tol` negative, or `f` not an endomorphism of one space.
         """
-        check_k(k, 0)
+        check_k(k, 0)  # refused before the O(d^3) eigendecomposition, capped after it
         check_tol(tol, "tol")
         self._require_endomorphism("eig")
         M = self.A.materialize()

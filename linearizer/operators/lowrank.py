@@ -127,7 +127,7 @@ class LowRank(LinearOperator):
         Raises:
             ValueError: `k` negative or not an integer.
         """
-        check_k(k, 0)
+        check_k(k, 0)  # refused before the QRs, capped after them
         L, S, R = factored_svd(self.U, self.V)
         k = check_k(k, S.numel())
         return L[:, :k], S[:k], R[:, :k]
