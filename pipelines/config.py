@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from linearizer.config import (ConfigError, ModelConfig, TrainConfig, apply_overrides, from_dict, load_config,
                                to_dict)
@@ -33,6 +34,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: DeepSpeed keys the pipeline sets from `train` / `distributed` (one source of truth each).
 OWNED_DEEPSPEED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                         "gradient_clipping", "bf16", "fp16")
+
+#: query parameters whose values are masked (matched as substrings of the lower-cased key).
+_SECRET_WORDS = ("password", "passwd", "pwd", "token", "secret", "key", "signature", "credential", "sig")
+MASK = "***"
 
 
 def _check(ok: bool, message: str) -> None:
@@ -331,11 +336,54 @@ def job_from_dict(data: dict[str, Any]) -> JobConfig:
     return from_dict(JobConfig, data)
 
 
+# --------------------------------------------------------------------------------------------
+# Redaction
+# --------------------------------------------------------------------------------------------
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its password (or bare token user) and secret query values replaced by `***`.
+
+    Example:
+        >>> redact_uri("postgresql://mlflow:hunter2@db:5432/mlflow")
+        'postgresql://mlflow:***@db:5432/mlflow'
+        >>> redact_uri("s3://bucket/runs?X-Amz-Signature=abc&region=eu")
+        's3://bucket/runs?X-Amz-Signature=***&region=eu'
+    """
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc and not any(w in parts.query.lower() for w in _SECRET_WORDS):
+        return uri  # nothing to mask; also keeps "sqlite:////abs/path" intact (urlunsplit would not)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        # "user:password@" keeps the user; a lone "token@" is itself the secret.
+        netloc = f"{user}:{MASK}@{host}" if user else f"{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs],
+                          safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a JSON-like structure with every URI string passed through `redact_uri`."""
+    if isinstance(obj, dict):
+        return {k: redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_uri(obj)
+    return obj
+
+
+
 def public_dict(cfg: JobConfig) -> dict[str, Any]:
     """The resolved config as JSON-ready data with credentials in URIs masked (what is dumped,
     logged and hashed)."""
-    from .tracking import redact
-
     return redact(to_dict(cfg))
 
 

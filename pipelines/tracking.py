@@ -5,7 +5,8 @@ through `RankZero`. On a worker whose rank is not 0 its methods do nothing, so t
 calls them unconditionally and exactly one process writes; the driver uses it with rank 0.
 
 Credentials never reach a log: `redact_uri` masks passwords in URIs (`user:***@host`) and
-secret-looking query parameters, and `redact` applies it to a whole config before it is dumped.
+secret-looking query parameters, and `redact` applies it to a whole config before it is dumped
+(both defined in `pipelines.config`, which dumps configs, and re-exported here).
 
 MLflow is imported inside functions: reading or checking a config must not pay its import.
 
@@ -23,62 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# redaction lives with the config it masks (pipelines.config); re-exported for the trackers' callers
+from .config import MASK, JobConfig, redact, redact_uri  # noqa: F401
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .config import JobConfig
-
 #: tag that ties an MLflow run to a job name, so a resubmitted job logs into the same run.
 RUN_NAME_TAG = "linearizer.run_name"
-#: query parameters whose values are masked (matched as substrings of the lower-cased key).
-_SECRET_WORDS = ("password", "passwd", "pwd", "token", "secret", "key", "signature", "credential", "sig")
-MASK = "***"
-
-
-# --------------------------------------------------------------------------------------------
-# Redaction
-# --------------------------------------------------------------------------------------------
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` with its password (or bare token user) and secret query values replaced by `***`.
-
-    Example:
-        >>> redact_uri("postgresql://mlflow:hunter2@db:5432/mlflow")
-        'postgresql://mlflow:***@db:5432/mlflow'
-        >>> redact_uri("s3://bucket/runs?X-Amz-Signature=abc&region=eu")
-        's3://bucket/runs?X-Amz-Signature=***&region=eu'
-    """
-    if "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc and not any(w in parts.query.lower() for w in _SECRET_WORDS):
-        return uri  # nothing to mask; also keeps "sqlite:////abs/path" intact (urlunsplit would not)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        # "user:password@" keeps the user; a lone "token@" is itself the secret.
-        netloc = f"{user}:{MASK}@{host}" if user else f"{MASK}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs],
-                          safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact(obj: Any) -> Any:
-    """A copy of a JSON-like structure with every URI string passed through `redact_uri`."""
-    if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str):
-        return redact_uri(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import importlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from linearizer.config import ConfigError, apply_overrides, to_dict
@@ -41,43 +41,8 @@ from .tracking import TrackingRun, check_tracking_server, end_run, redact, resol
 from .tune_config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
                           trial_count, trial_job)
+from .tune_summary import SweepOutcome, summarize
 from .validation import LOOP_KEY
-
-
-@dataclass
-class SweepOutcome:
-    """What a sweep produced.
-
-    Attributes:
-        name: the sweep.
-        experiment_path: the Tune experiment (storage path or URI).
-        resumed: an earlier run of this sweep was continued.
-        max_concurrent_trials: the limit derived for this run (a restored Tune experiment keeps
-            the limit it was started with).
-        interrupted: the sweep stopped before every trial ended (Ctrl-C, a lost driver): nothing
-            was registered; rerun the same name to continue.
-        run_id: the MLflow parent run.
-        trials: one row per trial (see `pipelines.tune_summary.TrialRow`), as dicts.
-        best: the best completed trial's row (None when no trial completed).
-        model_name, model_version, alias: the registry entry of the best model (None if none).
-        results_csv, heatmap: local copies of the logged artifacts.
-        seconds: wall time.
-    """
-
-    name: str
-    experiment_path: str
-    resumed: bool
-    run_id: str
-    max_concurrent_trials: int
-    interrupted: bool = False
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    alias: str | None = None
-    results_csv: str | None = None
-    heatmap: str | None = None
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +225,6 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
         The outcome, also written to `<output_dir>/<name>/sweep.json`.
     """
     from .train import check_storage, ensure_shards
-    from .tune_summary import summarize
 
     started = time.perf_counter()
     prepare_environment(address, cfg.job.distributed.use_gpu)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +25,47 @@ from .tune_config import SWEEP_RUN_TAG, TRIAL_TAG, trial_job
 if TYPE_CHECKING:
     from linearizer.kinds import ModelKind
 
-    from .tune import SweepOutcome
     from .tune_config import SweepConfig
 
 #: parent-run tag recording "<trial id>:<version>" of the registered best model.
 REGISTERED_TAG = "linearizer.registered_trial"
 EARLY_STOP_TAG = "linearizer.early_stopped"
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced.
+
+    Attributes:
+        name: the sweep.
+        experiment_path: the Tune experiment (storage path or URI).
+        resumed: an earlier run of this sweep was continued.
+        max_concurrent_trials: the limit derived for this run (a restored Tune experiment keeps
+            the limit it was started with).
+        interrupted: the sweep stopped before every trial ended (Ctrl-C, a lost driver): nothing
+            was registered; rerun the same name to continue.
+        run_id: the MLflow parent run.
+        trials: one row per trial (see `TrialRow`), as dicts.
+        best: the best completed trial's row (None when no trial completed).
+        model_name, model_version, alias: the registry entry of the best model (None if none).
+        results_csv, heatmap: local copies of the logged artifacts.
+        seconds: wall time.
+    """
+
+    name: str
+    experiment_path: str
+    resumed: bool
+    run_id: str
+    max_concurrent_trials: int
+    interrupted: bool = False
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    alias: str | None = None
+    results_csv: str | None = None
+    heatmap: str | None = None
+    seconds: float = 0.0
 
 
 @dataclass

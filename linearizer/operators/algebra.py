@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LinearOperator, check_batch, is_scalar
+from .base import LinearOperator, check_batch, is_scalar, register_form
 
 
 def is_fixed(*ops: LinearOperator) -> bool:
@@ -49,6 +49,7 @@ def as_scalar(c: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(c), dtype=like.dtype, device=like.device)
 
 
+@register_form("transposed")
 class Transposed(LinearOperator):
     """`A^T`: apply and apply_transpose swapped. `Transposed(A).T` is `A` itself.
 
@@ -86,6 +87,7 @@ class Transposed(LinearOperator):
         return V, S, U
 
 
+@register_form("product")
 class Product(LinearOperator):
     """`A @ B`: B first, then A (`apply(z) = A.apply(B.apply(z))`).
 
@@ -121,6 +123,7 @@ class Product(LinearOperator):
         return Product(self.B.T, self.A.T)
 
 
+@register_form("sum")
 class Sum(LinearOperator):
     """`A + B` for operators of equal shape.
 
@@ -152,6 +155,7 @@ class Sum(LinearOperator):
         return Sum(self.A.T, self.B.T)
 
 
+@register_form("scaled")
 class Scaled(LinearOperator):
     """`c * A` for a real scalar c (a float, or a 0-dim tensor that may carry gradients).
 

@@ -43,6 +43,28 @@ def check_batch(z: Tensor, n: int, owner: "LinearOperator", what: str = "input",
                          f"convert one of them (z.to({dtype}) or A.to({z.dtype}))")
 
 
+#: Classes this module's fallbacks return (the lazy algebra, the dense pseudo-inverse), registered
+#: by `algebra.py` and `dense.py` (which import this module) with `register_form`. The package's
+#: `__init__` imports both, so they are registered before any operator exists, and this module
+#: imports neither: the contract does not depend on its implementations.
+_FORMS: dict[str, type] = {}
+
+
+def register_form(name: str):
+    """Class decorator: make the class the operator form `name` ("transposed", "product", "sum",
+    "scaled", "dense") that `LinearOperator`'s generic methods build."""
+
+    def register(cls: type) -> type:
+        _FORMS[name] = cls
+        return cls
+
+    return register
+
+
+def _form(name: str) -> type:
+    return _FORMS[name]
+
+
 class LinearOperator(nn.Module):
     """Base class of linear operators.
 
@@ -79,9 +101,7 @@ class LinearOperator(nn.Module):
         return self.apply(eye).T
 
     def transpose(self) -> "LinearOperator":
-        from .algebra import Transposed
-
-        return Transposed(self)
+        return _form("transposed")(self)
 
     @property
     def T(self) -> "LinearOperator":
@@ -89,9 +109,7 @@ class LinearOperator(nn.Module):
 
     def pinv(self) -> "LinearOperator":
         """Moore-Penrose pseudo-inverse (dense fallback)."""
-        from .dense import Dense
-
-        return Dense(torch.linalg.pinv(self.materialize()), trainable=False)
+        return _form("dense")(torch.linalg.pinv(self.materialize()), trainable=False)
 
     def svd(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Top-k singular triplets: `U [m, k]`, `S [k]` (descending), `V [n, k]` with `A ~ U diag(S) V^T`.
@@ -108,26 +126,32 @@ class LinearOperator(nn.Module):
 
     # ----- algebra -----
 
+    def _structured_rmatmul(self, left: "LinearOperator") -> "LinearOperator | None":
+        """`left @ self` in a structured form, when this class knows one for `left`, else None.
+
+        Double dispatch without imports: a class (`LowRank`) asks its right operand, so a class
+        defined later (`IdentityPlusLowRank`) extends the products of an earlier one.
+        """
+        return None
+
+    def _structured_radd(self, left: "LinearOperator") -> "LinearOperator | None":
+        """`left + self` in a structured form, when this class knows one for `left`, else None."""
+        return None
+
     def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
         if not isinstance(other, LinearOperator):
             return NotImplemented
-        from .algebra import Product
-
-        return Product(self, other)
+        return _form("product")(self, other)
 
     def __add__(self, other: "LinearOperator") -> "LinearOperator":
         if not isinstance(other, LinearOperator):
             return NotImplemented
-        from .algebra import Sum
-
-        return Sum(self, other)
+        return _form("sum")(self, other)
 
     def __mul__(self, scalar: float | Tensor) -> "LinearOperator":
         if not is_scalar(scalar):
             return NotImplemented
-        from .algebra import Scaled
-
-        return Scaled(self, scalar)
+        return _form("scaled")(self, scalar)
 
     def __rmul__(self, scalar: float | Tensor) -> "LinearOperator":
         return self.__mul__(scalar)

@@ -6,9 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from .algebra import as_scalar, check_composable, check_same_shape, is_fixed
-from .base import LinearOperator, check_batch, is_scalar
+from .base import LinearOperator, check_batch, is_scalar, register_form
 
 
+@register_form("dense")
 class Dense(LinearOperator):
     """A dense matrix `W [m, n]`: `apply(z) = z @ W.T`.
 

@@ -224,6 +224,18 @@ class IdentityPlusLowRank(LinearOperator):
             return IdentityPlusLowRank(self.b, torch.cat([self.P, other.U], 1), torch.cat([self.Q, other.V], 1))
         return super().__add__(other)
 
+    # `LowRank` does not import this class; it asks its right operand for these two forms.
+
+    def _structured_rmatmul(self, left: LinearOperator) -> LinearOperator | None:
+        if not isinstance(left, LowRank):
+            return None
+        check_composable(left, self)
+        # U V^T (b I + P Q^T) = U (b V + Q (P^T V))^T
+        return LowRank(left.U, self.b * left.V + self.Q @ (self.P.T @ left.V), trainable=False)
+
+    def _structured_radd(self, left: LinearOperator) -> LinearOperator | None:
+        return self + left if isinstance(left, LowRank) else None  # the sum commutes
+
     def __mul__(self, scalar: float | Tensor) -> LinearOperator:
         if not is_scalar(scalar) or not is_fixed(self):
             return super().__mul__(scalar)

@@ -150,8 +150,6 @@ class LowRank(LinearOperator):
     # rank; sums concatenate the factors.
 
     def __matmul__(self, other: LinearOperator) -> LinearOperator:
-        from .identity_lowrank import IdentityPlusLowRank
-
         if not is_fixed(self, other):
             return super().__matmul__(other)
         if isinstance(other, LowRank):
@@ -159,20 +157,16 @@ class LowRank(LinearOperator):
             if self.rank <= other.rank:
                 return LowRank(self.U, other.V @ (other.U.T @ self.V), trainable=False)
             return LowRank(self.U @ (self.V.T @ other.U), other.V, trainable=False)
-        if isinstance(other, IdentityPlusLowRank):
-            check_composable(self, other)
-            # U V^T (b I + P Q^T) = U (b V + Q (P^T V))^T
-            return LowRank(self.U, other.b * self.V + other.Q @ (other.P.T @ self.V), trainable=False)
-        return super().__matmul__(other)
+        structured = other._structured_rmatmul(self) if isinstance(other, LinearOperator) else None
+        return structured if structured is not None else super().__matmul__(other)
 
     def __add__(self, other: LinearOperator) -> LinearOperator:
-        from .identity_lowrank import IdentityPlusLowRank
-
         if isinstance(other, LowRank) and is_fixed(self, other):
             check_same_shape(self, other)
             return LowRank(torch.cat([self.U, other.U], 1), torch.cat([self.V, other.V], 1), trainable=False)
-        if isinstance(other, IdentityPlusLowRank):
-            return other + self  # the sum commutes; IdentityPlusLowRank knows the structured form
+        structured = other._structured_radd(self) if isinstance(other, LinearOperator) else None
+        if structured is not None:
+            return structured
         return super().__add__(other)
 
     def __mul__(self, scalar: float | Tensor) -> LinearOperator:
