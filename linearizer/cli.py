@@ -3,6 +3,11 @@
 Each feature module contributes its subcommands through `register(subparsers)`; this file only
 assembles them, so `linearizer --help` lists everything the installed library can do.
 
+Exit statuses, the same as every `python -m pipelines.*` entry point (`pipelines.runtime.run_cli`):
+0 done; 2 bad command line, config or input (argparse's own errors, `ConfigError`, `ValueError`,
+a file named on the command line that does not exist); 3 could not run (any other `OSError`:
+an unwritable output, unreadable storage). The error is one line on stderr, without a traceback.
+
 Example:
     $ linearizer --help
     $ linearizer sample --model runs/demo/model --n 64 --out samples.png
@@ -13,9 +18,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from .config import ConfigError
 
+#: exit statuses shared by every entry point of the project (see the module docstring).
+EXIT_OK, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 2, 3
 #: modules that add subcommands, in the order they appear in --help.
 PLUGINS = (
     "linearizer.onestep.cli",
@@ -57,18 +65,35 @@ def _version() -> str:
         return "0+unknown"
 
 
+def run_command(command: Callable[[], int | None], name: str) -> int:
+    """Run one subcommand with the project's exit statuses (module docstring).
+
+    Args:
+        command: the subcommand, bound to its arguments; returns its status (None: 0).
+        name: how to name it in the one-line error, e.g. "linearizer sample".
+
+    Returns:
+        The exit status.
+    """
+    try:
+        return int(command() or EXIT_OK)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # A user error: say what is wrong without a traceback from deep inside torch.
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"{name}: could not run: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `linearizer` console script; argparse errors exit with status 2 (`EXIT_BAD_INPUT`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        # A user error: say what is wrong without a traceback from deep inside torch.
-        print(f"linearizer {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_OK
+    return run_command(lambda: args.func(args), f"linearizer {args.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -237,6 +237,23 @@ def test_cli_options_come_from_the_spec():
     assert args.method == "rk4" and args.t_end is None  # the CLI's own default, then the model's
 
 
+def test_the_console_script_exits_with_the_shared_statuses(tmp_path, capsys):
+    from linearizer.cli import EXIT_BAD_INPUT, EXIT_CANNOT_RUN, main
+
+    _, model, cfg, _ = _trained("onestep", steps=1)
+    model_dir = save_model(model, cfg, tmp_path / "model")
+    assert main(["sample", "--model", str(model_dir), "--n", "2", "--out", str(tmp_path / "ok.png")]) == 0
+    assert main(["sample", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a.png")]) == EXIT_BAD_INPUT
+    assert main(["sample", "--model", str(model_dir), "--steps", "2", "--t-end", "1.5",
+                 "--out", str(tmp_path / "b.png")]) == EXIT_BAD_INPUT
+    (tmp_path / "file").write_text("")  # an output under a file: the command cannot run
+    assert main(["sample", "--model", str(model_dir), "--n", "2", "--out", str(tmp_path / "file" / "c.png")]) \
+        == EXIT_CANNOT_RUN
+    err = capsys.readouterr().err
+    assert "linearizer sample: error:" in err and "linearizer sample: could not run:" in err
+    assert "Traceback" not in err
+
+
 # ----- served through MLflow, in a fresh process ---------------------------------------------
 
 CLIENT = """
