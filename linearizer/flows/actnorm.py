@@ -84,7 +84,7 @@ class ActNorm(InvertibleModule):
                 f"of that role first (data-dependent init), or weights loaded from a checkpoint"
             )
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         check_channels(x, self.num_features, "ActNorm")
         index = role_index(role, x.shape[0], self.num_roles, x.device)
         if not self._all_initialized():
@@ -98,7 +98,7 @@ class ActNorm(InvertibleModule):
         logdet = pixels * self.log_scale[index].sum(dim=1)
         return y, logdet.to(x.dtype)
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         check_channels(y, self.num_features, "ActNorm")
         index = role_index(role, y.shape[0], self.num_roles, y.device)
         if not self._all_initialized():

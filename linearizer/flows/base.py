@@ -12,7 +12,7 @@ and ignore it.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Literal, Union, overload
 
 import torch
 from torch import Tensor, nn
@@ -81,15 +81,38 @@ def check_channels(x: Tensor, channels: int, block: str) -> None:
 class InvertibleModule(nn.Module):
     """Base class of invertible blocks.
 
-    Subclasses implement `forward(x, role) -> (y, logdet)` and `inverse(y, role) -> x`, where
+    Subclasses implement `_forward(x, role) -> (y, logdet)` and `_inverse(y, role) -> x`, where
     `logdet` is a `[B]` tensor (log |det dy/dx| per sample). Inputs are `[B, C, H, W]` images or
-    `[B, d]` vectors, in float32 or float64.
+    `[B, d]` vectors, in float32 or float64. Callers use `block(x, role)` and
+    `block.inverse(y, role)`.
+
+    Both directions run through `nn.Module.__call__` (`inverse` is `block(y, role, reverse=True)`),
+    so a block's forward hooks fire whichever way it is run. Parameter managers that materialise
+    a module's weights in a forward pre-hook and free them in a forward hook (DeepSpeed ZeRO-3,
+    offloading hooks) then see every use of the weights, decoding passes included. Without hooks
+    `__call__` goes straight to `forward`: the numbers and the cost are those of calling
+    `_forward` / `_inverse` directly.
     """
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
+    @overload
+    def forward(self, x: Tensor, role: Role = None, reverse: Literal[False] = False) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, x: Tensor, role: Role = None, reverse: Literal[True] = ...) -> Tensor: ...
+
+    def forward(self, x: Tensor, role: Role = None, reverse: bool = False) -> tuple[Tensor, Tensor] | Tensor:
+        """Encode `x` (`reverse=False`: `(y, logdet)`) or decode it (`reverse=True`: the input `x`
+        of `_forward` that gives this output)."""
+        return self._inverse(x, role) if reverse else self._forward(x, role)
+
+    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+        """The exact inverse: `block.inverse(block(x, role)[0], role) == x` to float round-off."""
+        return self(y, role, reverse=True)
+
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:  # pragma: no cover
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 

@@ -60,14 +60,14 @@ class InvConv1x1(InvertibleModule):
         # P M permutes rows: row perm[j] of P M is row j of M.
         return (lower @ upper)[torch.argsort(self.perm)]
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         check_channels(x, self.num_channels, "InvConv1x1")
         w = self.weight()
         y = torch.einsum("ij,bj...->bi...", w, x)
         logdet = math.prod(x.shape[2:]) * self.log_s.sum()
         return y, logdet.to(x.dtype).expand(x.shape[0])
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         check_channels(y, self.num_channels, "InvConv1x1")
         lower, upper = self.factors()
         # Channels as rows, every pixel of every sample a column: x = U^-1 L^-1 P^T y.

@@ -92,14 +92,14 @@ class AffineCoupling(InvertibleModule):
         raw_log_s, t = self.net(cond, role).chunk(2, dim=1)
         return self.clamp * torch.tanh(raw_log_s / self.clamp), t
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         self._check(x)
         cond, active = self._halves(x)
         log_s, t = self._scale_shift(cond, role)
         y = self._join(cond, active * torch.exp(log_s) + t)
         return y, log_s.flatten(1).sum(dim=1)
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         self._check(y)
         cond, active = self._halves(y)
         log_s, t = self._scale_shift(cond, role)

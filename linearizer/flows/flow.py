@@ -44,7 +44,7 @@ class Flow(InvertibleModule):
             raise ValueError(f"Flow.{what} expects input of shape [B, {', '.join(map(str, self.shape))}], "
                              f"got {tuple(x.shape)}")
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         self._check(x, "forward")
         logdet = x.new_zeros(x.shape[0])
         for block in self.blocks:
@@ -52,7 +52,7 @@ class Flow(InvertibleModule):
             logdet = logdet + block_logdet
         return x, logdet
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         self._check(y, "inverse")
         for block in reversed(self.blocks):
             y = block.inverse(y, role)

@@ -36,11 +36,11 @@ class Squeeze(InvertibleModule):
         >>> y, logdet = Squeeze()(torch.randn(2, 1, 8, 8))  # y: [2, 4, 4, 4], logdet: zeros
     """
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         y = _space_to_depth(x, "Squeeze")
         return y, y.new_zeros(y.shape[0])
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         return _depth_to_space(y, "Squeeze.inverse")
 
     def extra_repr(self) -> str:
@@ -54,11 +54,11 @@ class Unsqueeze(InvertibleModule):
         >>> x, logdet = Unsqueeze()(torch.randn(2, 4, 4, 4))  # x: [2, 1, 8, 8]
     """
 
-    def forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, role: Role = None) -> tuple[Tensor, Tensor]:
         y = _depth_to_space(x, "Unsqueeze")
         return y, y.new_zeros(y.shape[0])
 
-    def inverse(self, y: Tensor, role: Role = None) -> Tensor:
+    def _inverse(self, y: Tensor, role: Role = None) -> Tensor:
         return _space_to_depth(y, "Unsqueeze.inverse")
 
     def extra_repr(self) -> str:
