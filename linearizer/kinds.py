@@ -102,8 +102,8 @@ class Param:
         wrong_type = {bool: ["yes", 1, None], int: [2.5, "3", True, None], float: ["x", math.nan, math.inf, True, None],
                       str: [3, ["a"], None], list: ["a", [], [3], None]}[self.type]
         out = list(wrong_type)
-        if self.choices is not None:
-            out.append("no-such-choice" if self.type is str else object())
+        if self.choices is not None and self.type is str:
+            out.append("no-such-choice")
         if self.low is not None:
             out.append(self.low if self.low_open else self.low - 1)
         if self.high is not None:

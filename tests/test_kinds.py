@@ -211,6 +211,17 @@ def test_signature_params_are_the_spec_params(kind_name, tmp_path):
     assert all((p.shape == (-1,)) == (spec.param_types()[k] is list) for k, p in declared.items())
 
 
+def test_served_requirements_name_only_published_packages():
+    from importlib.metadata import version
+
+    from pipelines.registry import requirements
+
+    pins = dict(r.split("==") for r in requirements())
+    assert "linearizer" not in pins  # the project is not on PyPI: pip could not resolve it
+    assert {"torch", "mlflow", "numpy", "safetensors", "pillow", "pyyaml", "tqdm"} <= set(pins)
+    assert all(pins[name] == version(name).split("+")[0] for name in pins)
+
+
 def test_the_evaluation_registry_is_read_from_the_specs():
     from pipelines.evaluate.config import EVALUATION_KINDS, EvalConfig
     from pipelines.evaluate.job import EVALUATIONS
