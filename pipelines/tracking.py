@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # redaction lives with the config it masks (pipelines.config); re-exported for the trackers' callers
-from .config import MASK, JobConfig, redact, redact_uri  # noqa: F401
+from .config import JobConfig, redact, redact_uri  # noqa: F401
 
 if TYPE_CHECKING:
     from torch import Tensor
