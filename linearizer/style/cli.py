@@ -24,10 +24,11 @@ from torch import Tensor
 from ..config import ModelConfig, TrainConfig, load_config
 from ..data.transforms import to_image_tensor
 from ..io import load_model, save_model
-from ..kinds import get_kind
+from ..kinds import add_param_options, get_kind
 from ..training import TensorBatches, fit
 from ..viz import save_strip
 from .data import DEFAULT_STYLES, load_pair_folder, make_filter_pairs
+from .kind import SPEC
 from .model import StyleModel
 from ..cli import positive_int
 
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--steps", type=positive_int, default=5, help="intervals from STYLE_A to STYLE_B (>= 1)")
         else:
             p.add_argument("--styles", nargs="+", required=True, help="styles, first applied first")
-            p.add_argument("--how", choices=("operator", "sequential"), default="operator")
+            add_param_options(p, SPEC.mode("compose"), only=("how",))
         p.set_defaults(func=cmd_render, render=name)
 
 
