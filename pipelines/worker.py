@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +98,40 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return dict(zip(keys, (t / dist.get_world_size()).tolist()))
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-resident-memory window for this process (Linux: `/proc/self/clear_refs`).
+
+    Where that is not available the window is the process's lifetime (see `peak_rss_mib`).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB: since `reset_peak_rss` on Linux (`VmHWM`),
+    else since the process started (`getrusage`: KiB on Linux, bytes on macOS)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def max_across_ranks(value: float) -> float:
+    """The largest of every rank's `value` (a collective: every rank must call it at the same step)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def broadcast_state(model: nn.Module) -> None:
@@ -311,6 +346,7 @@ class Trainer:
         common = {"world_size": self.world, "start_step": self.start_step, "nodes": nodes,
                   "placement": json.dumps(placement)}
         self.engine.train()
+        reset_peak_rss()
         window_start, window_steps = time.perf_counter(), 0
         metrics: dict[str, Any] = {"step": self.start_step, **common}
         skipped = 0  # damaged samples this rank skipped since it started (data.max_skipped)
@@ -343,6 +379,9 @@ class Trainer:
                 if grad_norm is not None:
                     logs["grad_norm"] = float(grad_norm)
                 logs["lr"] = t.lr * lr_factor(step, t)
+                # the largest worker's peak since its loop began (the engine built, a checkpoint loaded):
+                # what the ZeRO stage and offload change, without the set-up's full copy of the model
+                logs["peak_rss_mib"] = max_across_ranks(peak_rss_mib())
                 self.log.log_metrics(logs, step)
                 metrics = {"step": step, **logs, **common}
                 window_start, window_steps = time.perf_counter(), 0
