@@ -17,8 +17,10 @@ import contextvars
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -107,30 +109,119 @@ class OperatorConfig:
         _check(len(set(self.styles)) == len(self.styles), f"{path}.styles has duplicates: {self.styles}")
 
 
+#: The loss-weight fields of configs written before each kind named its weights by its terms.
+#: They meant a different term per kind; `ModelConfig` translates them through the kind's
+#: `legacy_loss_weights` when a config is loaded (`upgrade_legacy_loss`), so old saved models load.
+LEGACY_WEIGHT_FIELDS = ("w_latent", "w_noise", "w_data", "w_pred", "w_prior")
+#: The value every legacy field had when a config left it out.
+LEGACY_WEIGHT_DEFAULT = 1.0
+
+
+class KindLoss(typing.Protocol):
+    """What configuration needs to know of a model kind's loss (a `linearizer.kinds.KindSpec`)."""
+
+    name: str
+    #: logged term -> its default weight.
+    loss_weights: Mapping[str, float]
+    #: legacy `w_*` field -> the term it weighted for this kind.
+    legacy_loss_weights: Mapping[str, str]
+
+
+#: kind name -> its `KindLoss`, or None for a kind not registered. Installed by `linearizer.kinds`
+#: (`set_kind_lookup`), which depends on this module and not the reverse.
+_kind_lookup: Callable[[str], KindLoss | None] | None = None
+
+
+def set_kind_lookup(lookup: Callable[[str], KindLoss | None]) -> None:
+    """Install how a kind's loss declaration is found by name (done once, by `linearizer.kinds`)."""
+    global _kind_lookup
+    _kind_lookup = lookup
+
+
+def _kind_loss(kind: str) -> KindLoss | None:
+    return None if _kind_lookup is None else _kind_lookup(kind)
+
+
+def resolve_loss_weights(kind: str, defaults: Mapping[str, float], given: Mapping[str, float],
+                         path: str = "loss.weights") -> dict[str, float]:
+    """Every loss weight of a kind: the given ones, the kind's defaults for the rest.
+
+    Args:
+        kind: the kind's name (for messages).
+        defaults: the kind's declared weights, term -> default (`KindSpec.loss_weights`).
+        given: the weights a config sets.
+        path: dotted path of the weights in messages.
+
+    Returns:
+        term -> weight, for every term of `defaults`, in its order.
+
+    Raises:
+        ConfigError: a name that is not one of the kind's weights (the message names the kind
+            and its weights), or a weight that is negative or not a finite number.
+    """
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) if defaults else "none"
+        raise ConfigError(f"{path}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a "
+                          f"loss weight of kind {kind!r}; its weights (the terms it logs) are: {valid}")
+    for name, value in given.items():
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+               and value >= 0, f"{path}.{name} must be a finite number >= 0, got {value!r}")
+    return {name: float(given.get(name, default)) for name, default in defaults.items()}
+
+
+def upgrade_legacy_loss(data: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """A model config dict whose `loss` uses the legacy `w_*` fields, with them as `loss.weights`.
+
+    The one place old configs (saved models' `config.json`, old YAML) are translated: each
+    legacy field the kind read becomes the term it weighted (a field the config left out had
+    the value 1, as before); fields the kind never read are dropped. A dict without legacy
+    fields is returned as it is.
+
+    Raises:
+        ConfigError: legacy fields mixed with `weights`, or legacy fields for a kind that is
+            not registered (their meaning depends on the kind).
+    """
+    loss = data.get("loss")
+    if not isinstance(loss, dict) or not any(name in loss for name in LEGACY_WEIGHT_FIELDS):
+        return data
+    where = f"{path}.loss" if path else "loss"
+    if "weights" in loss:
+        raise ConfigError(f"{where}: give the loss weights as 'weights' only, not with the legacy fields "
+                          f"{[n for n in LEGACY_WEIGHT_FIELDS if n in loss]}")
+    kind = data.get("kind", ModelConfig.kind)
+    declared = _kind_loss(kind) if isinstance(kind, str) else None
+    if declared is None:
+        raise ConfigError(f"{where}: the legacy fields {[n for n in LEGACY_WEIGHT_FIELDS if n in loss]} can only be "
+                          f"read for a registered model kind, got kind {kind!r}")
+    new_loss = {k: v for k, v in loss.items() if k not in LEGACY_WEIGHT_FIELDS}
+    new_loss["weights"] = {term: loss.get(old, LEGACY_WEIGHT_DEFAULT)
+                           for old, term in declared.legacy_loss_weights.items()}
+    return {**data, "loss": new_loss}
+
+
 @dataclass
 class LossConfig:
-    """Weights of the training objective (method.md §2) and its perceptual term.
+    """The training objective's settings (method.md §2); its weights are named by the kind.
 
     Attributes:
-        s: latent noise scale of the reconstruction terms.
+        s: latent noise scale of the reconstruction terms (one-step and style objectives).
         perceptual: "mse" (offline default), "ssim" (MSE + SSIM) or "lpips" (needs local weights).
-        w_latent, w_noise, w_data, w_pred: weights of the four terms.
-        w_prior: weight of a kind-specific extra term (e.g. distribution matching of projected
-            noise codes for the projective model).
+        weights: logged term -> its weight. The names are the model kind's loss terms
+            (`KindSpec.loss_weights`: onestep latent, noise, data, pred; projective pixel,
+            latent, prior_data, prior_noise; style pred, latent, content_rec, styled_rec,
+            identity; fm_baseline none). Terms left out get the kind's default; `ModelConfig`
+            fills them in and refuses names of other kinds.
     """
 
     s: float = 0.3
     perceptual: Literal["mse", "ssim", "lpips"] = "mse"
-    w_latent: float = 1.0
-    w_noise: float = 1.0
-    w_data: float = 1.0
-    w_pred: float = 1.0
-    w_prior: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         _check(self.s >= 0, f"{path}.s must be >= 0, got {self.s}")
-        for name in ("w_latent", "w_noise", "w_data", "w_pred", "w_prior"):
-            _check(getattr(self, name) >= 0, f"{path}.{name} must be >= 0, got {getattr(self, name)}")
+        for name, value in self.weights.items():
+            _check(value >= 0, f"{path}.weights.{name} must be >= 0, got {value}")
 
 
 @dataclass
@@ -175,6 +266,20 @@ class ModelConfig:
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        # The kind owns the weights' names and defaults: fill them in here, so that every
+        # constructed config (and the config.json dumped from it) holds every weight it trains with.
+        declared = _kind_loss(self.kind) if isinstance(self.kind, str) else None
+        if declared is not None and isinstance(self.loss, LossConfig):
+            path = f"{_BUILDING.get() or type(self).__name__}.loss.weights"
+            weights = resolve_loss_weights(self.kind, declared.loss_weights, self.loss.weights, path)
+            self.loss = dataclasses.replace(self.loss, weights=weights)
+
+    @staticmethod
+    def upgrade_dict(data: dict[str, Any], path: str) -> dict[str, Any]:
+        """The raw dict with legacy fields translated (`from_dict` calls it before loading)."""
+        return upgrade_legacy_loss(data, path)
 
     def validate(self, path: str) -> None:
         _check(all(s >= 1 for s in self.image_shape), f"{path}.image_shape must be positive, got {self.image_shape}")
@@ -295,7 +400,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
-        return dict(value)
+        key_tp, value_tp = args if args else (Any, Any)
+        return {_coerce(k, key_tp, path): _coerce(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
@@ -326,6 +432,9 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         data: nested dicts / lists / scalars (parsed JSON or YAML).
         path: dotted prefix used in error messages.
 
+    A class with a static `upgrade_dict(data, path)` gets `data` through it first: that is how
+    `ModelConfig` reads the layouts of older configs (`upgrade_legacy_loss`).
+
     Returns:
         The validated config object.
 
@@ -334,6 +443,9 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade_dict", None)
+    if callable(upgrade):  # a config class that reads older layouts of itself translates them first
+        data = upgrade(data, path)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -389,28 +501,41 @@ def apply_overrides(obj: T, overrides: list[str]) -> T:
         if parts[-1] not in node:
             near = difflib.get_close_matches(parts[-1], list(node), n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
+            if parts[-1] in LEGACY_WEIGHT_FIELDS:
+                hint = (f" (did you mean '{'.'.join(parts[:-1] + ['weights'])}.<term>'? loss weights are named by "
+                        f"the terms the kind logs)")
             raise ConfigError(f"unknown config key '{key}' in override {item!r}{hint}")
         node[parts[-1]] = value
     return from_dict(type(obj), data)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The plain mapping in a JSON or YAML file (`.yaml` / `.yml`), not yet loaded into a config.
+
+    Raises:
+        ConfigError: the file does not exist or does not parse.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"cannot parse config file {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load `cls` from a JSON or YAML file (or defaults when `path` is None), then apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        text = p.read_text()
-        try:
-            if p.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
-            raise ConfigError(f"cannot parse config file {p}: {e}") from e
+    data = read_config_file(path) if path is not None else {}
     obj = from_dict(cls, data)
     return apply_overrides(obj, overrides or []) if overrides else obj
 

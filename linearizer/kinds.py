@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_finite, check_unit_range
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, set_kind_lookup
 
 
 class _Required:
@@ -224,19 +224,24 @@ class KindSpec:
         name: the kind's name (`ModelConfig.kind`).
         modes: its predict modes; the first is the default of a served model's signature.
         batch_keys: the batch keys `loss` reads.
-        loss_weights: `ModelConfig.loss` weight field -> the logged term it weights (e.g.
-            `{"w_data": "pixel"}`); the loss logs exactly these terms (plus `terms`) and "loss".
+        loss_weights: the kind's section of `ModelConfig.loss.weights`: logged term -> its
+            default weight (e.g. `{"pixel": 10.0, ...}`). The loss logs exactly these terms (plus
+            `terms`) and "loss"; a config may set only these names.
+        legacy_loss_weights: the legacy `LossConfig` field -> the term it weighted for this kind
+            (e.g. `{"w_data": "pixel"}`), read once when an old config is loaded.
         terms: logged terms that no weight scales (e.g. the baseline's "fm").
         evaluation: the name of the kind's evaluation in `pipelines.evaluate`, or None.
 
     Raises:
-        ValueError: two modes with one name, or one parameter name with two types.
+        ValueError: two modes with one name, one parameter name with two types, a negative
+            default weight, or a legacy field mapped to a term that is not a weight.
     """
 
     name: str
     modes: tuple[Mode, ...]
     batch_keys: tuple[str, ...] = ("image",)
-    loss_weights: Mapping[str, str] = field(default_factory=dict)
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
+    legacy_loss_weights: Mapping[str, str] = field(default_factory=dict)
     terms: tuple[str, ...] = ()
     evaluation: str | None = None
 
@@ -250,6 +255,13 @@ class KindSpec:
                 if types.setdefault(p.name, p.type) is not p.type:
                     raise ValueError(f"kind {self.name!r}: param {p.name!r} has two types "
                                      f"({types[p.name].__name__}, {p.type.__name__}); a served signature has one")
+        negative = {n: w for n, w in self.loss_weights.items() if not w >= 0}
+        if negative:
+            raise ValueError(f"kind {self.name!r}: default loss weights must be >= 0, got {negative}")
+        stray = sorted(set(self.legacy_loss_weights.values()) - set(self.loss_weights))
+        if stray:
+            raise ValueError(f"kind {self.name!r}: legacy loss fields map to {stray}, which are not among its "
+                             f"loss weights {list(self.loss_weights)}")
 
     @property
     def mode_names(self) -> tuple[str, ...]:
@@ -258,7 +270,7 @@ class KindSpec:
     @property
     def logged_terms(self) -> frozenset[str]:
         """The keys of the loss's log dict: every weighted term, the unweighted ones and "loss"."""
-        return frozenset({*self.loss_weights.values(), *self.terms, "loss"})
+        return frozenset({*self.loss_weights, *self.terms, "loss"})
 
     def mode(self, name: Any) -> Mode:
         """The mode called `name`.
@@ -401,13 +413,15 @@ def spec_of(kind: ModelKind) -> KindSpec:
     """The kind's `KindSpec`; for a plugin kind without one, the spec its attributes imply.
 
     A plugin kind may list `param_types` (name -> bool, int, float, str or list): each is then an
-    optional parameter of every mode; its inputs are taken as noise (any finite values).
+    optional parameter of every mode; its inputs are taken as noise (any finite values). It may
+    declare `loss_weights` (term -> default weight) to be configured by `loss.weights`.
     """
     spec = getattr(kind, "spec", None)
     if isinstance(spec, KindSpec):
         return spec
     params = tuple(Param(name, tp, None) for name, tp in sorted(getattr(kind, "param_types", {}).items()))
-    return KindSpec(kind.name, tuple(Mode(m, "noise", params) for m in kind.modes), tuple(kind.batch_keys))
+    return KindSpec(kind.name, tuple(Mode(m, "noise", params) for m in kind.modes), tuple(kind.batch_keys),
+                    loss_weights=dict(getattr(kind, "loss_weights", {})))
 
 
 def add_param_options(parser: argparse.ArgumentParser, mode: Mode, only: tuple[str, ...] | None = None,
@@ -472,6 +486,19 @@ def get_kind(name: str) -> ModelKind:
         known = sorted(set(_KINDS) | set(_BUILTIN))
         raise ConfigError(f"unknown model kind {name!r}; known kinds: {', '.join(known)}")
     return _KINDS[name]
+
+
+def _registered_spec(name: str) -> KindSpec | None:
+    """The spec of the kind called `name`, or None when there is no such kind (yet)."""
+    try:
+        return spec_of(get_kind(name))
+    except ConfigError:
+        return None
+
+
+# A config names its kind by a string; this is how `linearizer.config` finds the kind's loss
+# weights (config cannot import this module, which imports it).
+set_kind_lookup(_registered_spec)
 
 
 def builtin_kinds() -> tuple[str, ...]:

@@ -46,6 +46,10 @@ def test_nested_values_are_typed():
     ({"sampler": {"t_end": 1.0}}, r"t_end must lie in \(0, 1\)"),
     ({"loss": {"s": float("nan")}}, r"loss.s must be finite"),
     ({"flow": 3}, r"flow must be a mapping"),
+    ({"loss": {"weights": {"data": "x"}}}, r"loss.weights.data must be a number, got str"),
+    ({"loss": {"weights": {"data": float("inf")}}}, r"loss.weights.data must be finite"),
+    ({"loss": {"weights": {"pixel": 1.0}}}, r"'pixel' is not a loss weight of kind 'onestep'; .* latent, noise"),
+    ({"loss": {"weights": ["data"]}}, r"loss.weights must be a mapping"),
 ])
 def test_bad_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -63,6 +67,10 @@ def test_overrides():
         apply_overrides(TrainConfig(), ["steps=many"])
     nested = apply_overrides(ModelConfig(), ["flow.depth=3", 'operator.styles=["x"]'])
     assert nested.flow.depth == 3 and nested.operator.styles == ["x"]
+    weighted = apply_overrides(ModelConfig(kind="projective"), ["loss.weights.prior_noise=0"])
+    assert weighted.loss.weights == {"pixel": 10.0, "latent": 1.0, "prior_data": 1.0, "prior_noise": 0.0}
+    with pytest.raises(ConfigError, match="unknown config key 'loss.w_data'.*did you mean 'loss.weights.<term>'"):
+        apply_overrides(ModelConfig(), ["loss.w_data=2"])
 
 
 def test_files(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from linearizer.config import ModelConfig, TrainConfig, from_dict
+from linearizer.config import LEGACY_WEIGHT_FIELDS, ConfigError, ModelConfig, TrainConfig, from_dict
 from linearizer.io import load_model, save_model
 from linearizer.kinds import ImageKind, KindSpec, Mode, Param, builtin_kinds, evaluations, get_kind
 from linearizer.training import TensorBatches, fit
@@ -96,7 +96,69 @@ def test_the_kind_is_what_its_spec_declares(kind_name):
         assert callable(getattr(kind, f"predict_{mode.name}"))
         for p in mode.params:  # every optional default passes its own check
             assert p.required or p.default is None or p.check(p.default) == p.default
-    assert set(spec.loss_weights) <= {"w_latent", "w_noise", "w_data", "w_pred", "w_prior"}
+    # the kind's loss section: weights named by the terms it logs, non-negative defaults
+    assert set(spec.loss_weights) <= spec.logged_terms and all(w >= 0 for w in spec.loss_weights.values())
+    assert set(spec.legacy_loss_weights) <= set(LEGACY_WEIGHT_FIELDS)
+    assert set(spec.legacy_loss_weights.values()) == set(spec.loss_weights)
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_a_config_holds_the_kinds_weights_and_refuses_others(kind_name):
+    spec = get_kind(kind_name).spec
+    cfg = from_dict(ModelConfig, CONFIGS[kind_name])
+    assert cfg.loss.weights == dict(spec.loss_weights)  # every weight, the kind's defaults
+    names = list(spec.loss_weights)
+    if names:
+        data = {**CONFIGS[kind_name], "loss": {"weights": {names[-1]: 0.25}}}
+        assert from_dict(ModelConfig, data).loss.weights == {**spec.loss_weights, names[-1]: 0.25}
+        with pytest.raises(ConfigError, match=rf"model.loss.weights.{names[-1]} must be >= 0"):
+            from_dict(ModelConfig, {**CONFIGS[kind_name], "loss": {"weights": {names[-1]: -1.0}}}, "model")
+    other = next(n for k in KINDS for n in get_kind(k).spec.loss_weights if n not in spec.loss_weights)
+    with pytest.raises(ConfigError) as err:
+        from_dict(ModelConfig, {**CONFIGS[kind_name], "loss": {"weights": {other: 1.0}}}, "model")
+    assert f"'{other}' is not a loss weight of kind '{kind_name}'" in str(err.value)
+    assert (", ".join(names) or "none") in str(err.value)
+
+
+#: a saved model's loss section before the weights were named by the terms (every legacy field set).
+LEGACY_LOSS = {"s": 0.2, "perceptual": "mse", "w_latent": 2.0, "w_noise": 3.0, "w_data": 4.0, "w_pred": 5.0,
+               "w_prior": 0.0}
+#: what each kind read from it.
+LEGACY_READ = {"onestep": {"latent": 2.0, "noise": 3.0, "data": 4.0, "pred": 5.0},
+               "projective": {"pixel": 4.0, "latent": 2.0, "prior_data": 0.0, "prior_noise": 3.0},
+               "style": {"pred": 5.0, "latent": 2.0, "content_rec": 4.0, "styled_rec": 3.0, "identity": 0.0},
+               "fm_baseline": {}}
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_an_old_config_loads_with_the_weights_it_trained_with(kind_name, tmp_path):
+    old = {**CONFIGS[kind_name], "loss": LEGACY_LOSS}
+    cfg = from_dict(ModelConfig, old)
+    assert cfg.loss.weights == LEGACY_READ[kind_name] and cfg.loss.s == 0.2
+    # a legacy field left out had the value 1
+    partial = from_dict(ModelConfig, {**CONFIGS[kind_name], "loss": {"w_latent": 0.5}})
+    assert partial.loss.weights == {n: 0.5 if n == "latent" else 1.0 for n in get_kind(kind_name).spec.loss_weights}
+    # a saved model with an old config.json loads, and its loss reads the translated weights
+    kind = get_kind(kind_name)
+    torch.manual_seed(0)
+    model = kind.build(cfg)
+    kind.initialize(model, _batch(kind_name, 8))
+    model_dir = save_model(model, cfg, tmp_path / "model")
+    saved = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**saved, "loss": LEGACY_LOSS}))
+    loaded, loaded_cfg = load_model(model_dir)
+    assert loaded_cfg == cfg
+    if LEGACY_READ[kind_name]:  # the loss weighs each term as the old config said
+        loss, terms = kind.loss(loaded, _batch(kind_name, 4), torch.Generator().manual_seed(1))
+        weighted = sum(w * terms[t] for t, w in LEGACY_READ[kind_name].items() if w > 0)
+        assert float(loss.detach()) == pytest.approx(weighted, rel=1e-5)
+
+
+def test_old_and_new_weight_fields_do_not_mix():
+    with pytest.raises(ConfigError, match="not with the legacy fields"):
+        from_dict(ModelConfig, {"kind": "onestep", "loss": {"w_data": 1.0, "weights": {"data": 1.0}}})
+    with pytest.raises(ConfigError, match="registered model kind"):
+        from_dict(ModelConfig, {"kind": "no_such_kind", "loss": {"w_data": 1.0}})
 
 
 def test_a_spec_refuses_one_param_with_two_types_and_repeated_modes():
@@ -240,11 +302,11 @@ def test_cli_options_come_from_the_spec():
     from linearizer.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["invert", "--model", "m", "--out", "o.png", "--solve", "pinv"])
+    args = parser.parse_args(["onestep", "invert", "--model", "m", "--out", "o.png", "--solve", "pinv"])
     assert args.solve == "pinv"
     with pytest.raises(SystemExit):
-        parser.parse_args(["invert", "--model", "m", "--out", "o.png", "--solve", "lu"])
-    args = parser.parse_args(["sample", "--model", "m", "--out", "o.png"])
+        parser.parse_args(["onestep", "invert", "--model", "m", "--out", "o.png", "--solve", "lu"])
+    args = parser.parse_args(["onestep", "sample", "--model", "m", "--out", "o.png"])
     assert args.method == "rk4" and args.t_end is None  # the CLI's own default, then the model's
 
 
@@ -253,15 +315,16 @@ def test_the_console_script_exits_with_the_shared_statuses(tmp_path, capsys):
 
     _, model, cfg, _ = _trained("onestep", steps=1)
     model_dir = save_model(model, cfg, tmp_path / "model")
-    assert main(["sample", "--model", str(model_dir), "--n", "2", "--out", str(tmp_path / "ok.png")]) == 0
-    assert main(["sample", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a.png")]) == EXIT_BAD_INPUT
-    assert main(["sample", "--model", str(model_dir), "--steps", "2", "--t-end", "1.5",
+    assert main(["onestep", "sample", "--model", str(model_dir), "--n", "2", "--out", str(tmp_path / "ok.png")]) == 0
+    assert main(["onestep", "sample", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a.png")]) \
+        == EXIT_BAD_INPUT
+    assert main(["onestep", "sample", "--model", str(model_dir), "--steps", "2", "--t-end", "1.5",
                  "--out", str(tmp_path / "b.png")]) == EXIT_BAD_INPUT
     (tmp_path / "file").write_text("")  # an output under a file: the command cannot run
-    assert main(["sample", "--model", str(model_dir), "--n", "2", "--out", str(tmp_path / "file" / "c.png")]) \
-        == EXIT_CANNOT_RUN
+    assert main(["onestep", "sample", "--model", str(model_dir), "--n", "2",
+                 "--out", str(tmp_path / "file" / "c.png")]) == EXIT_CANNOT_RUN
     err = capsys.readouterr().err
-    assert "linearizer sample: error:" in err and "linearizer sample: could not run:" in err
+    assert "linearizer onestep sample: error:" in err and "linearizer onestep sample: could not run:" in err
     assert "Traceback" not in err
 
 

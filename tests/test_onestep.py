@@ -75,7 +75,7 @@ def test_loss_weights_and_s_are_applied():
     model = OneStepLinearizer(tiny_cfg()).train()
     x = images(8)
     _, terms = onestep_loss(model, x, torch.Generator().manual_seed(0))
-    cfg = LossConfig(w_latent=2.0, w_noise=0.0, w_data=3.0, w_pred=0.5)
+    cfg = LossConfig(weights={"latent": 2.0, "noise": 0.0, "data": 3.0, "pred": 0.5})
     loss, same = onestep_loss(model, x, torch.Generator().manual_seed(0), cfg)
     assert same["latent"] == pytest.approx(terms["latent"], rel=1e-6)
     expected = 2 * terms["latent"] + 3 * terms["data"] + 0.5 * terms["pred"]
@@ -318,7 +318,7 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
     cli.register(parser.add_subparsers(dest="command"))
 
     def run(*argv: str) -> int:
-        args = parser.parse_args([str(a) for a in argv])
+        args = parser.parse_args(["onestep", *(str(a) for a in argv)])
         return args.func(args)
 
     tiny = ["--set", "image_shape=[1,8,8]", "--set", "flow.depth=1", "--set", "flow.hidden=8",

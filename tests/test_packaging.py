@@ -24,11 +24,18 @@ def test_library_imports_no_distributed_stack():
 
 
 def test_console_script_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "linearizer.cli", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    for command in ("train", "sample", "invert", "interpolate", "evaluate"):
-        assert re.search(rf"\b{command}\b", out.stdout), f"'linearizer --help' does not list {command}"
+    def helptext(*argv: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "linearizer.cli", *argv, "--help"], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    top = helptext()
+    for command in ("onestep", "projective", "style", "train-classifier"):
+        assert re.search(rf"\b{command}\b", top), f"'linearizer --help' does not list {command}"
+    onestep = helptext("onestep")
+    for verb in ("train", "sample", "invert", "interpolate", "evaluate"):
+        assert re.search(rf"\b{verb}\b", onestep), f"'linearizer onestep --help' does not list {verb}"
 
 
 def test_readme_gives_exactly_two_setup_commands_that_exist():

@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from linearizer import projective_cli
 from linearizer.config import ConfigError, TrainConfig
 from linearizer.io import load_model, save_model
 from linearizer.kinds import get_kind
@@ -35,6 +34,7 @@ from linearizer.projective import (
     random_mask,
     sliced_wasserstein_gaussian,
 )
+from linearizer.projective import cli as projective_cli
 from linearizer.projective.inputs import INPUTS, make_inputs
 from linearizer.training import TensorBatches, fit
 
@@ -279,7 +279,7 @@ def tiny_training(weights: list[str], steps: int = 30) -> tuple[ProjectiveModel,
 def test_tiny_training_lowers_the_fixed_point_error():
     # The fixed-point terms alone (the code-matching terms first reshape the codes, which costs
     # reconstruction for the first few hundred steps: see docs/projective.md).
-    model, history, before, after = tiny_training(["loss.w_prior=0", "loss.w_noise=0"])
+    model, history, before, after = tiny_training(["loss.weights.prior_data=0", "loss.weights.prior_noise=0"])
     assert len(history) == 30
     assert after < 0.95 * before, (before, after)
     # still a projector, exactly, after training
@@ -430,23 +430,24 @@ def test_offline_input_sets_have_the_model_shape(name):
 
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="linearizer")
-    projective_cli.register(parser.add_subparsers(dest="command"))
+    projective_cli.register(parser.add_subparsers(dest="command"))  # `linearizer projective <verb>`
     args = parser.parse_args(list(argv))
     return args.func(args)
 
 
 def test_cli_trains_saves_and_projects(tmp_path: Path, capsys):
     out = tmp_path / "model"
-    assert run_cli("project", "train", "--out", str(out), "--steps", "3", "--batch-size", "16", "--limit", "64",
+    assert run_cli("projective", "train", "--out", str(out), "--steps", "3", "--batch-size", "16", "--limit", "64",
                    "--rank", "4", "--set", "image_shape=[1,16,16]", "--set", "flow.depth=1",
                    "--set", "flow.hidden=8") == 0
     assert (out / "config.json").is_file() and (out / "samples.png").is_file()
     for name in ("noise", "masked"):
         png = tmp_path / f"{name}.png"
-        assert run_cli("project", "--model", str(out), "--input", name, "--n", "4", "--iterations", "2",
+        assert run_cli("projective", "project", "--model", str(out), "--input", name, "--n", "4", "--iterations", "2",
                        "--out", str(png)) == 0
         assert png.is_file()
     printed = capsys.readouterr().out
     assert "idempotency max" in printed and "PSNR vs clean" in printed
-    with pytest.raises(ValueError, match="--model"):
-        run_cli("project", "--input", "noise")
+    with pytest.raises(SystemExit) as refused:  # argparse: --model and --out are required
+        run_cli("projective", "project", "--input", "noise")
+    assert refused.value.code == 2

@@ -267,7 +267,7 @@ def test_a_short_training_run_lowers_the_loss():
 
 
 def test_zero_weight_terms_are_skipped():
-    model = StyleModel(tiny_cfg(w_latent=0.0, w_data=0.0, w_noise=0.0, w_prior=0.0))
+    model = StyleModel(tiny_cfg(weights={"latent": 0.0, "content_rec": 0.0, "styled_rec": 0.0, "identity": 0.0}))
     x = smooth_images(4, 5)
     batch = {"image": x, "target": x.flip(1), "style": torch.tensor([0, 1, 2, 0])}
     loss, terms = get_kind("style").loss(model, batch, torch.Generator().manual_seed(0))

@@ -1,16 +1,16 @@
-"""`linearizer train | sample | invert | interpolate | evaluate`: the one-step model from the shell.
+"""`linearizer onestep train | sample | invert | interpolate | evaluate`: the one-step model from the shell.
 
 Training here is the single-process path (`linearizer.training.fit`); the distributed pipelines
 train the same kind. Images come from MNIST (offline, `--data mnist`) or an image folder
 (`--data PATH`).
 
 Example:
-    $ linearizer train --out runs/mnist --steps 2000 --batch-size 64
-    $ linearizer sample --model runs/mnist/model --n 64 --out samples.png
-    $ linearizer sample --model runs/mnist/model --steps 100 --out samples_100.png
-    $ linearizer invert --model runs/mnist/model --n 8 --out inversion.png
-    $ linearizer interpolate --model runs/mnist/model --pair 0 1 --n 10 --out path.png
-    $ linearizer evaluate --model runs/mnist/model --n 1000 --out metrics.json
+    $ linearizer onestep train --out runs/mnist --steps 2000 --batch-size 64
+    $ linearizer onestep sample --model runs/mnist/model --n 64 --out samples.png
+    $ linearizer onestep sample --model runs/mnist/model --steps 100 --out samples_100.png
+    $ linearizer onestep invert --model runs/mnist/model --n 8 --out inversion.png
+    $ linearizer onestep interpolate --model runs/mnist/model --pair 0 1 --n 10 --out path.png
+    $ linearizer onestep evaluate --model runs/mnist/model --n 1000 --out metrics.json
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .evaluation import in_batches, require_B
 from .inversion import interpolate, invert, reconstruct
 from .kind import SPEC
 from .model import OneStepLinearizer, noise_like
-from ..cli import positive_int
+from ..cli import add_kind_parser, add_verb, positive_int
 
 
 # ----- data and model helpers ----------------------------------------------------------------
@@ -77,7 +77,7 @@ def _noise(model: OneStepLinearizer, n: int, seed: int) -> Tensor:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(ModelConfig, args.config, args.set)
     if cfg.kind != "onestep":
-        raise ConfigError(f"kind must be 'onestep' for `linearizer train`, got {cfg.kind!r}")
+        raise ConfigError(f"kind must be 'onestep' for `linearizer onestep train`, got {cfg.kind!r}")
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("weight_decay", args.weight_decay), ("seed", args.seed)) if v is not None}
     train_cfg = from_dict(TrainConfig, overrides, "train")
@@ -191,8 +191,10 @@ def _data(p: argparse.ArgumentParser, split: str = "test") -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the one-step commands to the `linearizer` console script."""
-    p = subparsers.add_parser("train", help="train a one-step model (single process) and build its B")
+    """Add `linearizer onestep <verb>` to the `linearizer` console script."""
+    verbs = add_kind_parser(subparsers, SPEC.name, help="one-step generator: train, sample, invert, interpolate, "
+                            "evaluate", description="One-step flow-matching Linearizers: x = g_x^-1(B g_y(noise)).")
+    p = add_verb(verbs, "train", cmd_train, help="train a one-step model (single process) and build its B")
     p.add_argument("--out", required=True, help="run directory: model/, history.json, samples.png")
     p.add_argument("--config", help="model config file (JSON or YAML); defaults: MNIST 1x32x32, depth 4, rank 8")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -206,35 +208,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("sample", help="one-step samples through B, or --steps N multi-step samples")
+    p = add_verb(verbs, "sample", cmd_sample, help="one-step samples through B, or --steps N multi-step samples")
     _common(p)
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--steps", type=positive_int, help="integrate with N steps instead of the one-step B")
     add_param_options(p, SPEC.mode("sample_multistep"), only=("method", "t_end"), defaults={"method": "rk4"})
     p.add_argument("--nrow", type=positive_int, help="images per grid row")
     p.add_argument("--out", required=True, help="PNG grid")
-    p.set_defaults(func=cmd_sample)
 
-    p = subparsers.add_parser("invert", help="real images -> noise -> images (rows: input, noise, reconstruction)")
+    p = add_verb(verbs, "invert", cmd_invert, help="real images -> noise -> images (rows: input, noise, "
+                 "reconstruction)")
     _common(p)
     _data(p)
     p.add_argument("--n", type=positive_int, default=8, help="first N images of the split (default: 8)")
     add_param_options(p, SPEC.mode("invert"), only=("solve",))
     p.add_argument("--out", required=True, help="PNG grid")
-    p.set_defaults(func=cmd_invert)
 
-    p = subparsers.add_parser("interpolate", help="induced-space path between two real images (PNG strip)")
+    p = add_verb(verbs, "interpolate", cmd_interpolate, help="induced-space path between two real images (PNG strip)")
     _common(p)
     _data(p)
     p.add_argument("--pair", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="image indices (default: 0 1)")
     p.add_argument("--n", type=positive_int, default=8, help="points on the path, ends included (default: 8)")
     add_param_options(p, SPEC.mode("interpolate"), only=("solve",))
     p.add_argument("--out", required=True, help="PNG: induced path, then the reference's pixel-noise path")
-    p.set_defaults(func=cmd_interpolate)
 
-    p = subparsers.add_parser("evaluate", help="one-step vs multi-step agreement, inversion dB, FID")
+    p = add_verb(verbs, "evaluate", cmd_evaluate, help="one-step vs multi-step agreement, inversion dB, FID")
     _common(p)
     _data(p)
     p.add_argument("--n", type=positive_int, default=1000, help="samples and real images (default: 1000)")
@@ -243,4 +242,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="FID feature network; the result names it (default: auto)")
     p.add_argument("--no-fid", action="store_true", help="skip FID")
     p.add_argument("--out", help="also write the metrics as JSON here")
-    p.set_defaults(func=cmd_evaluate)

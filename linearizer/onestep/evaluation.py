@@ -1,4 +1,4 @@
-"""The one-step model's evaluation, shared by `linearizer evaluate`, the evaluation pipeline
+"""The one-step model's evaluation, shared by `linearizer onestep evaluate`, the evaluation pipeline
 (`pipelines.evaluate.sampling`) and the figures bench (`bench/onestep_figures.py`).
 
 Each measures the same things the same way, through the kind's predict modes (what a served
@@ -45,7 +45,7 @@ def require_B(model: OneStepLinearizer, what: str) -> None:
     """Raise a ValueError naming `what` when the model has no collapsed B to evaluate."""
     if not model.has_B:
         raise ValueError(f"{what} needs the collapsed operator B, which this model has not built (the 'onestep' "
-                         f"kind's finalize builds it: `linearizer train` does, or call model.build_B())")
+                         f"kind's finalize builds it: `linearizer onestep train` does, or call model.build_B())")
 
 
 def collapse_summary(model: OneStepLinearizer) -> dict[str, object]:

@@ -27,7 +27,7 @@ from ..config import ModelConfig
 from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from .inversion import SOLVES, SPACES, interpolate, invert, reconstruct
 from .model import OneStepLinearizer, noise_like
-from .objective import onestep_loss
+from .objective import LEGACY_LOSS_WEIGHTS, LOSS_WEIGHTS, onestep_loss
 from .samplers import METHODS
 
 SOLVE = Param("solve", str, "inverse", "how B is inverted: B^-1 (Woodbury) or B^+", choices=SOLVES)
@@ -51,7 +51,8 @@ SPEC = KindSpec(
         ), count=2, doc="a path between two images"),
     ),
     batch_keys=("image",),
-    loss_weights={"w_latent": "latent", "w_noise": "noise", "w_data": "data", "w_pred": "pred"},
+    loss_weights=LOSS_WEIGHTS,
+    legacy_loss_weights=LEGACY_LOSS_WEIGHTS,
     evaluation="sampling",
 )
 

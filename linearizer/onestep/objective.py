@@ -3,15 +3,16 @@
 For data `x1` in [0, 1], noise `x0 ~ N(0, I)` and `t ~ U[0, 1]` per sample:
 
     z0 = g_y(x0);  z1 = g_x(x1);  zt = (1 - t) z0 + t z1;  z1_hat = A(t) zt
-    L = w_latent * mse(z1_hat, z1)                         endpoint prediction in latent space
-      + w_noise  * mse(x0, g_y^{-1}(z0 + s n0))            noise reconstruction
-      + w_data   * perceptual(x1, g_x^{-1}(z1 + s n1))     data reconstruction
-      + w_pred   * perceptual(x1, g_x^{-1}(z1_hat))        decoded prediction
+    L = w.latent * mse(z1_hat, z1)                         endpoint prediction in latent space
+      + w.noise  * mse(x0, g_y^{-1}(z0 + s n0))            noise reconstruction
+      + w.data   * perceptual(x1, g_x^{-1}(z1 + s n1))     data reconstruction
+      + w.pred   * perceptual(x1, g_x^{-1}(z1_hat))        decoded prediction
 
-with `n0, n1 ~ N(0, I)` latent noise of scale `s` and weights from `LossConfig` (all 1 and
-s = 0.3 as the reference). The perceptual term is pluggable (`linearizer.perceptual`); its
-offline default is MSE. No term is detached: as in the reference, the latent target `z1` also
-trains `g_x`; the two reconstruction terms keep `g` from shrinking its codes to cheat it.
+with `n0, n1 ~ N(0, I)` latent noise of scale `s` and the weights `w` of `loss.weights`, named
+by the terms (`LOSS_WEIGHTS`: all 1 and s = 0.3 as the reference). The perceptual term is
+pluggable (`linearizer.perceptual`); its offline default is MSE. No term is detached: as in the
+reference, the latent target `z1` also trains `g_x`; the two reconstruction terms keep `g` from
+shrinking its codes to cheat it.
 
 The five passes of `g` (two encodings, three decodings) run as two when one network serves both
 roles: one forward over `[x0; x1]` and one inverse over the three decoder inputs, with per-sample
@@ -29,11 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import LossConfig
+from ..config import LossConfig, resolve_loss_weights
 from ..perceptual import get_perceptual
 from .model import OneStepLinearizer, noise_like
 
 TERMS = ("latent", "noise", "data", "pred")
+#: the kind's loss weights (term -> default): its section of `loss.weights` (`KindSpec.loss_weights`).
+LOSS_WEIGHTS = {term: 1.0 for term in TERMS}
+#: the legacy `LossConfig` field that weighted each term.
+LEGACY_LOSS_WEIGHTS = {"w_latent": "latent", "w_noise": "noise", "w_data": "data", "w_pred": "pred"}
 
 
 def _roles(*counts_and_roles: tuple[int, int], device: torch.device) -> Tensor:
@@ -99,7 +104,8 @@ def onestep_loss(model: OneStepLinearizer, x1: Tensor, generator: torch.Generato
     data = perceptual(x1, x1_rec)
     pred = perceptual(x1, x1_pred)
 
-    loss = cfg.w_latent * latent + cfg.w_noise * noise + cfg.w_data * data + cfg.w_pred * pred
+    w = resolve_loss_weights("onestep", LOSS_WEIGHTS, cfg.weights)
+    loss = w["latent"] * latent + w["noise"] * noise + w["data"] * data + w["pred"] * pred
     terms = {name: float(value.detach()) for name, value in zip(TERMS, (latent, noise, data, pred))}
     terms["loss"] = float(loss.detach())
     return loss, terms

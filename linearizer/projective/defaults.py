@@ -1,10 +1,7 @@
 """The projective model's recommended configuration.
 
-`LossConfig`'s defaults (every weight 1) are the one-step objective's. The projective terms live
-on different scales: a pixel MSE of a good reconstruction is ~1e-2, while a sliced-Wasserstein
-term cannot go below its sampling noise (exact N(0, I) samples score 0.041 in batches of 64,
-0.022 in batches of 128), so with equal weights the code-matching terms would outweigh the
-fixed-point term that makes data reconstructions sharp. The weights below put the pixel term first.
+The loss weights are the kind's own defaults (`objective.LOSS_WEIGHTS`, the pixel term first),
+filled in by `ModelConfig` like every kind's.
 
 The flow's coupling log-scales are clamped to +-1 (the library default, used by the one-step model, is +-2). Idempotency is
 exact in exact arithmetic; in floating point `f(f(x)) - f(x)` is the round-off of
@@ -17,10 +14,11 @@ expressiveness.
 
 from __future__ import annotations
 
-from ..config import FlowConfig, LossConfig, ModelConfig, OperatorConfig, validate
+from ..config import FlowConfig, ModelConfig, OperatorConfig, validate
+from .objective import LOSS_WEIGHTS
 
-#: loss weights of the projective objective (`objective.py`), measured on MNIST 32x32.
-LOSS_WEIGHTS = {"w_data": 10.0, "w_latent": 1.0, "w_prior": 1.0, "w_noise": 1.0}
+__all__ = ["CLAMP", "LOSS_WEIGHTS", "projective_config"]
+
 #: bound on the coupling log-scales of `g` (see above).
 CLAMP = 1.0
 
@@ -38,7 +36,7 @@ def projective_config(rank: int = 16, symmetric: bool = True, depth: int = 4, hi
 
     Example:
         >>> cfg = projective_config(rank=64)
-        >>> cfg.kind, cfg.operator.rank, cfg.loss.w_data
+        >>> cfg.kind, cfg.operator.rank, cfg.loss.weights["pixel"]
         ('projective', 64, 10.0)
     """
     cfg = ModelConfig(
@@ -46,7 +44,6 @@ def projective_config(rank: int = 16, symmetric: bool = True, depth: int = 4, hi
         image_shape=image_shape,
         flow=FlowConfig(depth=depth, hidden=hidden, clamp=clamp, shared=True),
         operator=OperatorConfig(rank=rank, symmetric=symmetric),
-        loss=LossConfig(**LOSS_WEIGHTS),
     )
     validate(cfg)
     return cfg

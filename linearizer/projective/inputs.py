@@ -1,6 +1,6 @@
 """Named input sets to project: noise, corrupted digits, and images of other kinds.
 
-Used by `linearizer project` and the figure script, so both show the same things. Each set
+Used by `linearizer projective project` and the figure script, so both show the same things. Each set
 comes with the clean images and mask it was made from, when there are some, so restorations
 can be scored.
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from .model import ProjectiveModel
-from .objective import gaussian_noise, projective_loss
+from .objective import LEGACY_LOSS_WEIGHTS, LOSS_WEIGHTS, gaussian_noise, projective_loss
 
 CLAMP = Param("clamp", bool, False, "clip the outputs to [0, 1] for display (a clipped output is no fixed point)")
 SPEC = KindSpec(
@@ -32,7 +32,8 @@ SPEC = KindSpec(
     modes=(Mode("project", "any", (CLAMP,), doc="f(inputs): the projection of any images"),
            Mode("sample", "noise", (CLAMP,), doc="f(noise): samples")),
     batch_keys=("image",),
-    loss_weights={"w_data": "pixel", "w_latent": "latent", "w_prior": "prior_data", "w_noise": "prior_noise"},
+    loss_weights=LOSS_WEIGHTS,
+    legacy_loss_weights=LEGACY_LOSS_WEIGHTS,
     evaluation="projection",
 )
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..config import ModelConfig, TrainConfig, load_config
+from ..config import ConfigError, ModelConfig, TrainConfig, apply_overrides, from_dict, read_config_file
 from ..data.transforms import to_image_tensor
 from ..io import load_model, save_model
 from ..kinds import add_param_options, get_kind
@@ -30,17 +30,14 @@ from ..viz import save_strip
 from .data import DEFAULT_STYLES, load_pair_folder, make_filter_pairs
 from .kind import SPEC
 from .model import StyleModel
-from ..cli import positive_int
+from ..cli import add_kind_parser, add_verb, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `style train|apply|interpolate|compose` to the `linearizer` command."""
-    style = subparsers.add_parser("style", help="modular style transfer: train, apply, interpolate, compose",
-                                  description="Style models f_s = g_y^-1 A_s g_x: one network, one operator per style.")
-    sub = style.add_subparsers(dest="style_command", metavar="STYLE_COMMAND")
-    style.set_defaults(func=lambda args: style.print_help() or 0)
-
-    train = sub.add_parser("train", help="train a style model on filter-made or folder pairs")
+    """Add `linearizer style train | apply | interpolate | compose` to the `linearizer` console script."""
+    verbs = add_kind_parser(subparsers, SPEC.name, help="modular style transfer: train, apply, interpolate, compose",
+                            description="Style models f_s = g_y^-1 A_s g_x: one network, one operator per style.")
+    train = add_verb(verbs, "train", cmd_train, help="train a style model on filter-made or folder pairs")
     train.add_argument("--out", required=True, help="directory for the saved model")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--styles", default=",".join(DEFAULT_STYLES),
@@ -54,12 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.set_defaults(func=cmd_train)
 
     for name, helptext in (("apply", "apply one style (optionally at several strengths)"),
                            ("interpolate", "strip from one style to another (operator interpolation)"),
                            ("compose", "compose styles into one operator (or apply them in sequence)")):
-        p = sub.add_parser(name, help=helptext)
+        p = add_verb(verbs, name, cmd_render, help=helptext)
         p.add_argument("--model", required=True, help="saved style model directory")
         p.add_argument("--input", required=True, help="content image (PNG/JPEG)")
         p.add_argument("--out", required=True, help="output PNG strip")
@@ -74,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             p.add_argument("--styles", nargs="+", required=True, help="styles, first applied first")
             add_param_options(p, SPEC.mode("compose"), only=("how",))
-        p.set_defaults(func=cmd_render, render=name)
+        p.set_defaults(render=name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,8 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         pairs = make_filter_pairs([s.strip() for s in args.styles.split(",") if s.strip()], "train", args.size,
                                   args.n, args.seed)
-    cfg = load_config(ModelConfig, args.config, args.set)
-    cfg.kind, cfg.image_shape, cfg.operator.styles = "style", pairs.image_shape, list(pairs.styles)
+    cfg = train_config(args.config, args.set, pairs.image_shape, pairs.styles)
     kind = get_kind("style")
     torch.manual_seed(args.seed)
     model = kind.build(cfg)
@@ -98,6 +93,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "history.json").write_text(json.dumps(history) + "\n")
     print(f"saved style model with styles {list(pairs.styles)} to {out} (final loss {history[-1]['loss']:.4g})")
     return 0
+
+
+def train_config(path: str | None, overrides: list[str], image_shape: tuple[int, int, int],
+                 styles: tuple[str, ...] | list[str]) -> ModelConfig:
+    """The model config of `style train`: a file (or defaults) of kind "style", fitted to the pairs.
+
+    The kind, image shape and styles come from the pairs, before the config is built, so that its
+    loss weights are the style kind's; overrides apply last.
+
+    Raises:
+        ConfigError: the file names another kind, or a value is invalid.
+    """
+    data = read_config_file(path) if path else {}
+    if data.get("kind", "style") != "style":
+        raise ConfigError(f"{path}: kind must be 'style' for `linearizer style train`, got {data['kind']!r}")
+    operator = {**data.get("operator", {}), "styles": list(styles)}
+    cfg = from_dict(ModelConfig, {**data, "kind": "style", "image_shape": list(image_shape), "operator": operator})
+    return apply_overrides(cfg, overrides) if overrides else cfg
 
 
 def read_image(path: str | Path, model: StyleModel, resize: bool) -> Tensor:

@@ -3,11 +3,11 @@
 Objective, per batch of pairs `(x, y, s)` = (content, styled, style index), with
 `z_x = g_x(x)`, `z_y = g_y(y)`, `z_hat = A_s z_x`, `n ~ N(0, I)` and `cfg.loss` weights:
 
-    w_pred    * perceptual(g_y^-1(z_hat), y)     the style itself, in pixels (MSE, or MSE + 1 - SSIM)
-    w_latent  * mse(z_hat, z_y)                  the same in latent space, as the reference
-    w_data    * mse(x, g_x^-1(z_x + s n))         content codes decode robustly: g_x^-1 stays
-    w_noise   * mse(y, g_y^-1(z_y + s n))         ... and g_y^-1 stays well-conditioned near the data
-    w_prior   * mse(x, g_y^-1(z_x))               the identity style: A = I maps content to itself
+    pred        * perceptual(g_y^-1(z_hat), y)     the style itself, in pixels (MSE, or MSE + 1 - SSIM)
+    latent      * mse(z_hat, z_y)                  the same in latent space, as the reference
+    content_rec * mse(x, g_x^-1(z_x + s n))         content codes decode robustly: g_x^-1 stays
+    styled_rec  * mse(y, g_y^-1(z_y + s n))         ... and g_y^-1 stays well-conditioned near the data
+    identity    * mse(x, g_y^-1(z_x))               the identity style: A = I maps content to itself
 
 The first term is what the model is for. The latent term supervises every latent pixel directly
 but can be lowered by shrinking all codes together; the two noisy reconstruction terms forbid
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, LossConfig, ModelConfig
+from ..config import ConfigError, LossConfig, ModelConfig, resolve_loss_weights
 from ..flows import ActNorm
 from ..kinds import ImageKind, KindSpec, Mode, Param, register_kind
 from ..perceptual import get_perceptual
@@ -58,8 +58,9 @@ SPEC = KindSpec(
         ), doc="several styles in sequence"),
     ),
     batch_keys=("image", "target", "style"),
-    loss_weights={"w_pred": "pred", "w_latent": "latent", "w_data": "content_rec", "w_noise": "styled_rec",
-                  "w_prior": "identity"},
+    loss_weights={"pred": 1.0, "latent": 1.0, "content_rec": 1.0, "styled_rec": 1.0, "identity": 1.0},
+    legacy_loss_weights={"w_pred": "pred", "w_latent": "latent", "w_data": "content_rec", "w_noise": "styled_rec",
+                         "w_prior": "identity"},
     evaluation="style",
 )
 
@@ -98,22 +99,21 @@ def style_loss(model: StyleModel, batch: dict[str, Tensor], cfg: LossConfig,
         model.initialize(x, y)
     z_x = model.encode_content(x)
     z_hat = model.apply_styles(z_x, style.long())
+    weights = resolve_loss_weights(SPEC.name, SPEC.loss_weights, cfg.weights)
     terms: dict[str, Tensor] = {}
-    if cfg.w_pred > 0:
+    if weights["pred"] > 0:
         terms["pred"] = get_perceptual(cfg.perceptual)(model.decode_styled(z_hat), y)
-    z_y = model.encode_styled(y) if (cfg.w_latent > 0 or cfg.w_noise > 0) else None
-    if cfg.w_latent > 0:
+    z_y = model.encode_styled(y) if (weights["latent"] > 0 or weights["styled_rec"] > 0) else None
+    if weights["latent"] > 0:
         terms["latent"] = F.mse_loss(z_hat, z_y)
-    if cfg.w_data > 0:
+    if weights["content_rec"] > 0:
         terms["content_rec"] = F.mse_loss(model.g_x.inverse((z_x + cfg.s * _noise_like(z_x, generator)).view_as(x)), x)
-    if cfg.w_noise > 0:
+    if weights["styled_rec"] > 0:
         terms["styled_rec"] = F.mse_loss(model.decode_styled(z_y + cfg.s * _noise_like(z_y, generator)), y)
-    if cfg.w_prior > 0:
+    if weights["identity"] > 0:
         terms["identity"] = F.mse_loss(model.decode_styled(z_x), x)
-    weights = {"pred": cfg.w_pred, "latent": cfg.w_latent, "content_rec": cfg.w_data, "styled_rec": cfg.w_noise,
-               "identity": cfg.w_prior}
     if not terms:
-        raise ConfigError("loss: every weight of the style objective is 0 (w_pred, w_latent, w_data, w_noise, w_prior)")
+        raise ConfigError(f"loss.weights: every weight of the style objective is 0 ({', '.join(weights)})")
     loss = sum(weights[k] * v for k, v in terms.items())
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 

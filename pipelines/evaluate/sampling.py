@@ -4,7 +4,7 @@ Measures, through the kind's predict modes only (what a served model does):
 
 - agreement: the same noises sampled in one step (`x = g_x^{-1}(B g_y(x0))`) and with the
   multi-step sampler that B collapses, as the PSNR of the pooled MSE
-  (`linearizer.onestep.evaluation.agreement`, which `linearizer evaluate` and the figures bench
+  (`linearizer.onestep.evaluation.agreement`, which `linearizer onestep evaluate` and the figures bench
   use too). An exact collapse agrees to float round-off; a stale B does not;
 - FID of one-step samples against the MNIST test split, naming the feature network;
 - throughput: one-step and multi-step samples per second, and their ratio;

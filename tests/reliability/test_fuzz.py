@@ -162,7 +162,7 @@ JOB_RANGE = [
     ("model.operator.time_embed_dim", 7),
     ("model.operator.kernel_size", 0), ("model.operator.styles", ["a", "a"]), ("model.sampler.steps", 0),
     ("model.sampler.t_end", lambda r: r.choice([0.0, 1.0, 1.5, -0.5])), ("model.sampler.compress_tol", -1e-3),
-    ("model.loss.s", -0.1), ("model.loss.w_pred", -1.0), ("model.image_shape", [1, 0, 32]),
+    ("model.loss.s", -0.1), ("model.loss.weights.pred", -1.0), ("model.image_shape", [1, 0, 32]),
     ("data.maxcount", 0), ("data.limit", 0), ("data.heldout_limit", -1), ("data.shards", ""),
     ("mlflow.sample_grid", -1), ("mlflow.alias", lambda r: r.choice(["a b", "x/y", "", "café"])),
     ("mlflow.experiment", ""), ("name", lambda r: r.choice(["", "../etc", "a b", "-x", "x" * 200, "runs/x"])),
