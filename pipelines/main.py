@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,23 @@ def evaluate(cfg: JobConfig, outcome: TrainOutcome, overrides: list[str] | None 
     return evaluate_registered(load_eval_config(None, settings + list(overrides or [])))
 
 
+def _versus_champion(cfg: JobConfig, evaluation: EvalOutcome) -> list[str]:
+    """Report lines comparing the new version with the champion it was judged against."""
+    from .evaluate.common import client_for, version_tags
+    from .evaluate.promotion import METRIC
+
+    decision = evaluation.decision
+    previous = decision.replaced if decision.action == "promoted" else decision.champion
+    if previous is None or str(previous) == str(evaluation.version):
+        return ["- previous champion: none"]
+    uri, _ = resolve_tracking(cfg)
+    tags = version_tags(client_for(uri), evaluation.model, previous)
+    theirs = {k[len(METRIC):]: float(v) for k, v in tags.items() if k.startswith(METRIC)}
+    shown = [f"{k} {evaluation.metrics[k]:.4g} (v{evaluation.version}) vs {theirs[k]:.4g} (v{previous})"
+             for k in ("fid", "agreement_db") if k in theirs and k in evaluation.metrics]
+    return [f"- previous champion: v{previous}" + (f"; {'; '.join(shown)}" if shown else "")]
+
+
 def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: EvalOutcome, seconds: float) -> Path:
     """`<run_dir>/report.md`: the run in one page."""
     uri, _ = resolve_tracking(cfg)
@@ -114,7 +132,12 @@ def write_report(cfg: JobConfig, outcome: TrainOutcome, evaluation: EvalOutcome,
                      f"the multi-step sampler)")
     if evaluation.decision is not None:
         lines.append(f"- promotion: {evaluation.decision.action} ({evaluation.decision.reason})")
+        lines += _versus_champion(cfg, evaluation)
     lines.append(f"- report: `{evaluation.report_dir}` (evaluation run `{evaluation.run_id}`)")
+    grid = evaluation.report_dir / "images" / "samples.png" if evaluation.report_dir else None
+    if grid is not None and grid.is_file():
+        shutil.copyfile(grid, outcome.run_dir / "samples.png")
+        lines += ["", "## One-step samples (from the registered model)", "", "![samples](samples.png)"]
     lines += ["", "## Where to look", "",
               f"- run directory: `{outcome.run_dir}`",
               f"- MLflow: `mlflow ui --backend-store-uri {redact_uri(uri)}` (experiment `{cfg.mlflow.experiment}`, "
