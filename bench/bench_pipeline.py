@@ -1,10 +1,10 @@
 """Pipeline throughput: Ray Train + DeepSpeed steps against a bare torch loop, and the shard loader.
 
-Three measurements, on MNIST 1x32x32 shards written by `pipelines.data.write_shards` and the
+Three measurements, on MNIST 1x32x32 shards written by `pipelines.shards.write_shards` and the
 "onestep" kind (flow depth 2, hidden 16, rank 4 by default), global batch 64:
 
 - the bare loop: `linearizer.training.fit` in this process (one torch thread), fed by
-  `pipelines.shard_reader.iter_batches` from the same shards;
+  `pipelines.shards.reader.iter_batches` from the same shards;
 - the pipeline (`pipelines.train.train`) with 1 worker and with 2 workers (ZeRO stage 1 on
   CPU/gloo, MLflow in a throwaway SQLite store, no registry, no validation, no sample grids);
 - the shard loader alone: `iter_batches` batches per second, single process, no training.
@@ -60,7 +60,7 @@ def model_dict(depth: int, hidden: int, rank: int) -> dict[str, Any]:
 
 def write_mnist_shards(directory: Path, limit: int, maxcount: int) -> int:
     """MNIST train images as a shard set `mnist-train` in `directory`; returns the sample count."""
-    from pipelines.data import mnist_samples, write_shards
+    from pipelines.shards import mnist_samples, write_shards
 
     source = {"name": "mnist", "split": "train", "size": 32, "limit": limit}
     return write_shards(mnist_samples("train", 32, limit), directory, PREFIX, maxcount, source=source).count
@@ -69,7 +69,7 @@ def write_mnist_shards(directory: Path, limit: int, maxcount: int) -> int:
 def bare_loop(shards: Path, model: dict[str, Any], batch: int, warmup: int, steps: int, seed: int
               ) -> tuple[float, float]:
     """Steady-state (wall, CPU) seconds per step of `linearizer.training.fit` on the shards."""
-    from pipelines.shard_reader import iter_batches
+    from pipelines.shards.reader import iter_batches
 
     cfg = from_dict(ModelConfig, model)
     kind = get_kind(cfg.kind)
@@ -114,7 +114,7 @@ def pipeline_run(root: Path, shards: Path, model: dict[str, Any], batch: int, st
 
 def loader_rate(shards: Path, batch: int, warmup: int, batches: int, seed: int) -> float:
     """Samples per second `iter_batches` yields in this process, after `warmup` batches."""
-    from pipelines.shard_reader import iter_batches
+    from pipelines.shards.reader import iter_batches
 
     stream = iter_batches(shards, PREFIX, batch, seed=seed, steps=warmup + batches)
     for _ in range(warmup):

@@ -1,6 +1,6 @@
 """The tar reader of the training workers against WebDataset's own, on the same shards.
 
-`pipelines.shard_stream.tar_samples` reads shards member by member so that damage is named
+`pipelines.shards.stream.tar_samples` reads shards member by member so that damage is named
 (member, last complete sample) and a shard cut at a member header is caught by the manifest's
 count (docs/reliability.md). This bench asks what that costs: raw samples per second (no
 decoding) of `tar_samples` and of `webdataset.tarfile_to_samples` over the same MNIST shards,
@@ -36,8 +36,8 @@ def samples_per_s(read: Callable[[], Iterator[dict]]) -> tuple[float, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.data import load_manifest, shard_urls
-    from pipelines.shard_stream import SkipBudget, tar_samples
+    from pipelines.shards import load_manifest, shard_urls
+    from pipelines.shards.stream import SkipBudget, tar_samples
 
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=4000, help="MNIST images written (default: 4000)")
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls = shard_urls(tmp, PREFIX)
         counts = {str(Path(tmp) / s.name): s.count for s in load_manifest(tmp, PREFIX).shards}
         readers = {
-            "pipelines.shard_stream.tar_samples": lambda: tar_samples(iter({"url": u} for u in urls), SkipBudget(),
+            "pipelines.shards.stream.tar_samples": lambda: tar_samples(iter({"url": u} for u in urls), SkipBudget(),
                                                                       counts),
             "webdataset.tarfile_to_samples": lambda: wds.DataPipeline(wds.SimpleShardList(urls),
                                                                       wds.tarfile_to_samples()),

@@ -4,8 +4,8 @@ The model is `bench.gpu_check`'s "celeba" case: a one-step Linearizer on 3x64x64
 depth 4 (hidden 32), rank 8, so d = 12288 and 26.1 M parameters (25.4 M of them in the MLP that
 emits A(t)'s factors). The data are an image folder of 64x64 RGB crops of scikit-image's and
 scikit-learn's photos (`photo_folder`; CelebA itself is not available offline), written as
-WebDataset shards by `pipelines.data.write_shards` from `folder_samples`, as
-`python -m pipelines.data write --source folder` would.
+WebDataset shards by `pipelines.shards.write_shards` from `folder_samples`, as
+`python -m pipelines.shards write --source folder` would.
 
 Per DeepSpeed configuration (`infra/deepspeed/<name>.json`), the pipeline job
 (`pipelines.train.train`: Ray Train, 2 workers x 0.5 CPU, gloo, MLflow in a throwaway SQLite
@@ -106,7 +106,7 @@ def photo_folder(root: str | Path, count: int, size: int = 64, seed: int = 0) ->
 
 def photo_shards(folder: str | Path, shards: str | Path, maxcount: int, size: int = 64) -> int:
     """The folder as the shard set `PREFIX` in `shards` (written once); returns its sample count."""
-    from pipelines.data import folder_samples, read_manifests, write_shards
+    from pipelines.shards import folder_samples, read_manifests, write_shards
 
     existing = read_manifests(shards).get(PREFIX)
     if existing is not None:

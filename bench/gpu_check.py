@@ -4,7 +4,7 @@ For each model size and ZeRO stage it builds the job config the pipeline would (
 `distributed.use_gpu=true`, one worker, the ZeRO stage's `infra/deepspeed/zeroN.json` through
 `deepspeed_settings`), joins a one-rank NCCL process group, wraps the model kind in a DeepSpeed
 engine with the pipeline's torch AdamW, and runs the per-step calls of
-`pipelines.worker.Trainer.run`: the kind's loss under bf16 autocast, `engine.backward`,
+`pipelines.train.worker.Trainer.run`: the kind's loss under bf16 autocast, `engine.backward`,
 `engine.step`. What it leaves out is Ray and the shard reader (a fixed random batch in [0, 1] on
 the GPU stands in for the data), so the figures are the training step's own.
 

@@ -297,7 +297,7 @@ def deepspeed_settings(cfg: JobConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.train.grad_clip,
         # Weights, gradients and optimizer state stay fp32 in DeepSpeed; precision=bf16 is torch
-        # autocast in the worker (see pipelines.worker.Trainer._precision).
+        # autocast in the worker (see pipelines.train.worker.Trainer._precision).
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
     })

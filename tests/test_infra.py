@@ -38,7 +38,7 @@ def config_loaders() -> dict[str, Callable[[str | None, list[str]], Any]]:
     """Entry-point module -> the loader of its `--config` file with its `--set` overrides."""
     from pipelines.config import load_job_config
     from pipelines.evaluate.config import load_eval_config
-    from pipelines.tune_config import load_sweep_config
+    from pipelines.tune.config import load_sweep_config
 
     return {"pipelines.train": load_job_config, "pipelines.tune": load_sweep_config,
             "pipelines.evaluate": load_eval_config, "jobs.schedule": load_eval_config}

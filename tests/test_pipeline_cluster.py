@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.data import digits_samples, write_shards
+from pipelines.shards import digits_samples, write_shards
 from tests.toy_kind import tiny_job
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from linearizer.config import ConfigError
 from pipelines.config import (JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config)
 from pipelines.tracking import flatten, redact, redact_uri
-from pipelines.worker import check_finite, check_resumable
+from pipelines.train.worker import check_finite, check_resumable
 
 
 @pytest.mark.parametrize("base, overrides, message", [

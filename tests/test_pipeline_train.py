@@ -18,7 +18,7 @@ import torch
 from linearizer.io import load_model
 from linearizer.kinds import get_kind
 from pipelines.config import config_hash
-from pipelines.data import digits_samples, write_shards
+from pipelines.shards import digits_samples, write_shards
 from pipelines.train import FAULT_MARKER, consolidated_state_dict, train
 from tests.toy_kind import ONESTEP_MODEL, tiny_job
 

@@ -25,10 +25,10 @@ from linearizer.io import load_model
 from linearizer.kinds import get_kind
 from linearizer.onestep.model import noise_like
 from linearizer.viz import make_grid, to_pil
-from pipelines.data import digits_samples, iter_batches, write_shards
+from pipelines.shards import digits_samples, iter_batches, write_shards
 from pipelines.train import consolidated_state_dict, train
 from linearizer.config import ModelConfig, from_dict
-from pipelines.worker import _seed
+from pipelines.train.worker import _seed
 from tests.toy_kind import ONESTEP_MODEL, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]

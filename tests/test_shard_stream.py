@@ -1,4 +1,4 @@
-"""The tar stream the training reader and `verify_shards(deep=True)` share (`pipelines.shard_stream`)."""
+"""The tar stream the training reader and `verify_shards(deep=True)` share (`pipelines.shards.stream`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from pipelines.data import ShardError, collate
-from pipelines.shard_stream import SkipBudget, shard_samples, tar_samples
+from pipelines.shards import ShardError, collate
+from pipelines.shards.stream import SkipBudget, shard_samples, tar_samples
 
 
 def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:

@@ -22,10 +22,10 @@ import webdataset as wds
 from PIL import Image
 
 from linearizer.data import load_mnist
-from pipelines.data import (ShardError, main, brace_pattern, digits_samples, folder_samples, hf_samples, iter_batches,
+from pipelines.shards import (ShardError, main, brace_pattern, digits_samples, folder_samples, hf_samples, iter_batches,
                             load_manifest, make_webdataset, mnist_samples, read_manifests, shard_urls,
                             verify_all, verify_shards, write_shards)
-from pipelines.shard_format import encode_sample, file_digest
+from pipelines.shards.format import encode_sample, file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 250  # 3 shards of 100, 100, 50
@@ -336,7 +336,7 @@ def test_digits_source_split():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pipelines.data", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.shards", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

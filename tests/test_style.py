@@ -337,7 +337,7 @@ def test_pair_folder_loader_names_unmatched_and_missized_files(tmp_path):
 
 
 def test_pair_samples_write_shards_that_read_back_as_batches(tmp_path):
-    shards = pytest.importorskip("pipelines.shards")
+    shards = pytest.importorskip("pipelines.shards.writer")
     content = smooth_images(3, 7)
     styled = apply_filter("grade", content)
     pairs = StylePairs(content, styled, torch.tensor([0, 1, 0]), ("grade", "pop"), ["x.1", "x 2", "x3"])
@@ -346,7 +346,7 @@ def test_pair_samples_write_shards_that_read_back_as_batches(tmp_path):
     manifest = shards.write_shards(samples, tmp_path, "style-train")
     shards.verify_shards(tmp_path, "style-train")
     assert manifest.count == 3 and sorted(manifest.schema["keys"]) == ["png", "style.cls", "target.png"]
-    from pipelines.shard_reader import iter_batches
+    from pipelines.shards.reader import iter_batches
 
     batch = next(iter_batches(tmp_path, "style-train", batch_size=3))
     assert set(get_kind("style").batch_keys) <= set(batch)

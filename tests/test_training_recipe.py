@@ -248,7 +248,7 @@ def test_export_prefers_the_checkpoints_average(tmp_path):
     from linearizer.io import load_model
     from linearizer.kinds import get_kind
     from pipelines.train import export_model
-    from pipelines.worker import EMA_FILE
+    from pipelines.train.worker import EMA_FILE
 
     model, _ = trained_like(SMALL, torch.float32)
     average = model.state_dict()

@@ -18,12 +18,12 @@ import torch
 
 from linearizer.config import ConfigError, apply_overrides, from_dict
 from linearizer.kinds import get_kind
-from pipelines.data import mnist_samples, write_shards
-from pipelines.tune_config import (SweepConfig, asha_max_t, max_concurrent_trials, report_steps, sweep_hash,
+from pipelines.shards import mnist_samples, write_shards
+from pipelines.tune.config import (SweepConfig, asha_max_t, max_concurrent_trials, report_steps, sweep_hash,
                                    trial_count, trial_job)
-from pipelines.tune_summary import (TrialRow, best_trial, heatmap_cells, plot_heatmap, trial_rows,
+from pipelines.tune.summary import (TrialRow, best_trial, heatmap_cells, plot_heatmap, trial_rows,
                                     write_results_csv)
-from pipelines.validation import ValidationConfig, Validator
+from pipelines.train.validation import ValidationConfig, Validator
 from tests.toy_kind import ONESTEP_MODEL, TOY_MODEL
 
 #: the search seed of the slow sweep. It draws the learning rates 4.0e-3, 4.1e-3, 2.0e-4 and
@@ -175,7 +175,7 @@ def test_val_loss_is_the_objective_on_fixed_heldout_images_with_fixed_noise(tmp_
     assert model.training  # restored
     assert validator.evaluate(model) == first  # the same images and noise every time
 
-    from pipelines.validation import heldout_images
+    from pipelines.train.validation import heldout_images
 
     images = heldout_images(job, 48)["image"]
     assert images.shape == (48, 1, 8, 8)
@@ -197,7 +197,7 @@ def test_val_loss_is_the_objective_on_fixed_heldout_images_with_fixed_noise(tmp_
 
 def test_val_fid_is_the_fid_of_fixed_samples_against_the_heldout_images(tmp_path):
     from linearizer.metrics import fid
-    from pipelines.validation import heldout_images
+    from pipelines.train.validation import heldout_images
 
     shards32 = tmp_path / "shards32"
     write_shards(mnist_samples("test", 32, 64), shards32, "mnist-test", maxcount=64)
@@ -223,7 +223,7 @@ def test_ranks_split_the_heldout_images_evenly(tmp_path, shards):
     job = apply_overrides(job, ["distributed.num_workers=2"])
     parts = [Validator(vcfg, job, kind, rank=r, world=2, device=torch.device("cpu")).batch["image"] for r in (0, 1)]
     assert parts[0].shape == parts[1].shape == (32, 1, 8, 8)
-    from pipelines.validation import heldout_images
+    from pipelines.train.validation import heldout_images
 
     everything = heldout_images(job, 64)["image"]
     assert torch.equal(torch.stack(parts, 1).reshape(64, 1, 8, 8), everything)  # r, r + 2, ... interleave back
@@ -348,7 +348,7 @@ def test_sweep_tracks_stops_early_registers_the_best_and_resumes(ray_local, mlfl
     from mlflow.tracking import MlflowClient
 
     from pipelines.tune import run_sweep
-    from pipelines.tune_config import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+    from pipelines.tune.config import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
     def held_groups() -> set[str]:
         return {k for k, v in ray_local.util.placement_group_table().items() if v["state"] != "REMOVED"}

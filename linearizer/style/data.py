@@ -316,7 +316,7 @@ def load_pair_folder(root: str | Path, styles: Sequence[str] | None = None, chan
 
 
 def pair_samples(pairs: StylePairs) -> Iterator[dict]:
-    """Samples for `pipelines.data.write_shards`: one dict per pair, keyed like a training batch.
+    """Samples for `pipelines.shards.write_shards`: one dict per pair, keyed like a training batch.
 
     Fields: `"image"` (content, stored as `png`), `"target"` (styled, `target.png`), `"style"` (the
     style index, `style.cls`), plus `"__key__"` (style, name and row, reduced to `[A-Za-z0-9_-]`).

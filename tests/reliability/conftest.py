@@ -50,7 +50,7 @@ def figures():
 @pytest.fixture(scope="session")
 def constant_shards(tmp_path_factory) -> Path:
     """128 copies of one random 8x8 image, in 4 shards."""
-    from pipelines.data import write_shards
+    from pipelines.shards import write_shards
 
     directory = tmp_path_factory.mktemp("constant-shards")
     image = (torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)

@@ -5,7 +5,7 @@ of step) are injected into a real 8x8 digits shard set, then the job's own data 
 
 - the pre-flight of `pipelines.train.train` (`ensure_shards`) at the default `verify: shallow`
   (sizes and checksums: the damage is on disk, the manifest is the writer's) and at `deep`;
-- with `verify: off`, the reader every training worker runs (`pipelines.data.iter_batches`,
+- with `verify: off`, the reader every training worker runs (`pipelines.shards.iter_batches`,
   resampled shards, one micro-batch per rank and step, exactly the worker's arguments).
 
 Each must raise `ShardError` naming the shard file and, where one applies, the sample key.
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.data import ShardError, digits_samples, iter_batches, load_manifest, write_shards
+from pipelines.shards import ShardError, digits_samples, iter_batches, load_manifest, write_shards
 from pipelines.train import ensure_shards
 from tests.toy_kind import tiny_job
 
@@ -144,7 +144,7 @@ def _job(tmp_path: Path, shards: Path, verify: str):
 
 
 def _read_like_a_worker(shards: Path, max_skipped: int = 0, keys: set[str] | None = None) -> tuple[int, int]:
-    """Every rank's batches, with the arguments `pipelines.worker.Trainer` passes; returns the
+    """Every rank's batches, with the arguments `pipelines.train.worker.Trainer` passes; returns the
     samples read and the skips the batches report. `keys` collects the keys read."""
     read = skipped = 0
     for rank in range(WORLD):

@@ -33,7 +33,7 @@ from typing import Any
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from .shard_format import ShardError
+from .format import ShardError
 
 log = logging.getLogger(__name__)
 

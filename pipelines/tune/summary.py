@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .tracking import RankZero, TrackingRun
-from .tune_config import SWEEP_RUN_TAG, TRIAL_TAG, trial_job
+from ..tracking import RankZero, TrackingRun
+from .config import SWEEP_RUN_TAG, TRIAL_TAG, trial_job
 
 if TYPE_CHECKING:
     from linearizer.kinds import ModelKind
 
-    from .tune_config import SweepConfig
+    from .config import SweepConfig
 
 #: parent-run tag recording "<trial id>:<version>" of the registered best model.
 REGISTERED_TAG = "linearizer.registered_trial"
@@ -244,8 +244,8 @@ def register_best(cfg: SweepConfig, best: TrialRow, parent: TrackingRun, kind: M
     from mlflow.tracking import MlflowClient
     from ray.train import Checkpoint
 
-    from .registry import register_model
-    from .train import export_model
+    from ..registry import register_model
+    from ..train.driver import export_model
 
     client = MlflowClient(parent.tracking_uri)
     done = client.get_run(parent.run_id).data.tags.get(REGISTERED_TAG, "")

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray import tune
 
-from .worker import worker_loop
+from ..train.worker import worker_loop
 
 #: loop-config keys telling workers where to record their placement group.
 REGISTRY_KEY = "placement_registry"
@@ -72,7 +72,7 @@ def _registry(name: str) -> Any:
 
 def trial_worker_loop(config: dict[str, Any]) -> None:
     """The training worker of a trial: record the worker group's placement group, then train
-    (`pipelines.worker.worker_loop`)."""
+    (`pipelines.train.worker.worker_loop`)."""
     import ray
     import ray.train
 

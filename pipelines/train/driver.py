@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,9 +32,10 @@ from linearizer.config import ModelConfig, to_dict
 from linearizer.io import save_model
 from linearizer.kinds import ModelKind, get_kind
 
-from .config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
-from .runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
-from .tracking import RankZero, TrackingRun, check_tracking_server, end_run, redact, redact_uri, resolve_tracking, start_run
+from ..config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
+from ..runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
+from ..tracking import (RankZero, TrackingRun, check_tracking_server, end_run, redact, redact_uri, resolve_tracking,
+                        start_run)
 
 MODEL_DIR = "model"
 FAULT_MARKER = "fault-injected"
@@ -82,9 +82,9 @@ def ensure_shards(cfg: JobConfig) -> dict[str, int]:
 
     Raises:
         FileNotFoundError: the training set is missing and `data.source` is "none".
-        pipelines.data.ShardError: an existing set fails verification.
+        pipelines.shards.ShardError: an existing set fails verification.
     """
-    from .data import digits_samples, mnist_samples, read_manifests, verify_shards, write_shards
+    from ..shards.cli import digits_samples, mnist_samples, read_manifests, verify_shards, write_shards
 
     d = cfg.data
     wanted = [(d.train_prefix, d.split, d.limit)]
@@ -264,7 +264,7 @@ def train(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
                                model_dir=model_dir, tracking_uri=redact_uri(run.tracking_uri), run_id=run.run_id)
         outcome.placement = json.loads(outcome.metrics.get("placement", "[]"))
         if cfg.mlflow.registered_model:
-            from .registry import register_model
+            from ..registry import register_model
 
             version = register_model(model_dir, cfg, run, imports=cfg.imports)
             outcome.model_name, outcome.model_version, outcome.alias = (cfg.mlflow.registered_model, version,
@@ -301,7 +301,3 @@ def main(argv: list[str] | None = None) -> int:
         return status
     print(json.dumps(redact(_jsonable(asdict(outcome))), indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,10 +2,10 @@
 
     python -m pipelines.tune --config configs/tune-small.yaml --set job.train.steps=40
 
-Each trial is one Ray Train run of the training pipeline's worker (`pipelines.worker`), built
+Each trial is one Ray Train run of the training pipeline's worker (`pipelines.train.worker`), built
 inside a Tune function trainable (the Ray Train V2 way: `Tuner(TorchTrainer(...))` is not
 supported). The workers report `val_loss` (and `val_fid`) every `eval_every` steps
-(`pipelines.validation`); `TuneReportCallback` forwards the reports to Tune, where ASHA stops
+(`pipelines.train.validation`); `TuneReportCallback` forwards the reports to Tune, where ASHA stops
 trials that fall behind. Trials take a token 0.01 CPU themselves; their workers take what
 `job.distributed` asks for, and `max_concurrent_trials` keeps only as many running as the
 cluster holds.
@@ -15,7 +15,7 @@ a nested run (`mlflow.parentRunId`) tagged with the sweep, its parent run id, th
 depth and lr; its params are the whole trial job, logged by the workers. At the end the parent
 run gets `results.csv`, `heatmap.png` and the best trial's metrics, and the best completed
 trial's model is registered with the alias `job.mlflow.alias` ("challenger"), logged into that
-trial's run (`pipelines.tune_summary`).
+trial's run (`pipelines.tune.summary`).
 
 Resuming: rerunning a sweep name restores the Tune experiment `<storage>/<name>`: finished and
 stopped trials are kept as they are, interrupted trials restart and their Ray Train runs resume
@@ -36,13 +36,13 @@ from typing import Any
 from linearizer.config import ConfigError, apply_overrides, to_dict
 from linearizer.kinds import get_kind
 
-from .runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
-from .tracking import TrackingRun, check_tracking_server, end_run, redact, resolve_tracking, start_run
-from .tune_config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
+from ..runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
+from ..tracking import TrackingRun, check_tracking_server, end_run, redact, resolve_tracking, start_run
+from .config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
                           trial_count, trial_job)
-from .tune_summary import SweepOutcome, summarize
-from .validation import LOOP_KEY
+from .summary import SweepOutcome, summarize
+from ..train.validation import LOOP_KEY
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,8 +67,8 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import FAULT_MARKER, loop_config
-    from .tune_placement import REGISTRY_KEY, TRIAL_KEY, trial_worker_loop
+    from ..train.driver import FAULT_MARKER, loop_config
+    from .placement import REGISTRY_KEY, TRIAL_KEY, trial_worker_loop
 
     sweep = sweep_from_dict(setup["sweep"])
     trial_id = tune.get_context().get_trial_id()
@@ -140,7 +140,7 @@ def make_tuner(cfg: SweepConfig, parent_run_id: str, concurrency: int) -> tuple[
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from .tune_placement import ReleaseStoppedTrials, registry_name
+    from .placement import ReleaseStoppedTrials, registry_name
 
     registry = registry_name(cfg.name)  # a name: a restored callback finds the new driver's registry
     setup = {"sweep": to_dict(cfg), "parent_run_id": parent_run_id, "registry": registry}
@@ -224,7 +224,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
     Returns:
         The outcome, also written to `<output_dir>/<name>/sweep.json`.
     """
-    from .train import check_storage, ensure_shards
+    from ..train.driver import check_storage, ensure_shards
 
     started = time.perf_counter()
     prepare_environment(address, cfg.job.distributed.use_gpu)
@@ -246,7 +246,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
             import ray
             from ray.tune import ExperimentAnalysis
 
-            from .tune_placement import start_registry
+            from .placement import start_registry
 
             concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
             registry = start_registry(cfg.name)  # noqa: F841 - the handle keeps the actor alive during fit
@@ -284,7 +284,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {outcome.name!r} was interrupted: rerun the same command to continue it", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from linearizer.kinds import ModelKind, get_kind
 from linearizer.training import WeightEMA, lr_factor
 
-from .config import JobConfig, config_hash, job_from_dict, public_dict
-from .tracking import RankZero
+from ..config import JobConfig, config_hash, job_from_dict, public_dict
+from ..tracking import RankZero
 from .validation import Validator
 
 #: written by rank 0 into every checkpoint: what a resuming run must agree with.
@@ -150,7 +150,7 @@ def broadcast_state(model: nn.Module) -> None:
 
 def gather_placement(rank: int) -> list[dict[str, Any]]:
     """Where every rank runs (node id, address, host, pid), in rank order; a collective."""
-    from .runtime import node_placement
+    from ..runtime import node_placement
 
     mine = {"rank": rank, **node_placement()}
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -224,7 +224,7 @@ class Trainer:
     # ----- set-up -----
 
     def _batches(self, start_step: int):
-        from .data import iter_batches
+        from ..shards.reader import iter_batches
 
         remaining = self.job.train.steps - start_step
         if remaining <= 0:

@@ -2,14 +2,14 @@
 
 Sources: `mnist` (the offline 50k/10k/10k split, padded to 32x32), `folder` (an image folder),
 `hf` (a Hugging Face dataset, local or hub, streaming supported) and `digits` (scikit-learn's
-1,797 digits). Writing, the manifest and verification live in `pipelines.shards`; batch readers
-in `pipelines.shard_reader`; both are re-exported here.
+1,797 digits). Writing, the manifest and verification live in `pipelines.shards.writer`; batch readers
+in `pipelines.shards.reader`; both are re-exported here.
 
 Usage:
-    python -m pipelines.data write --source mnist --split train --out data/shards --maxcount 1000
-    python -m pipelines.data write --source folder --root photos/ --size 64 --channels 3 --out data/shards
-    python -m pipelines.data write --source hf --name user/faces --streaming --limit 5000 --out data/shards
-    python -m pipelines.data verify data/shards [--prefix mnist-train] [--shallow]
+    python -m pipelines.shards write --source mnist --split train --out data/shards --maxcount 1000
+    python -m pipelines.shards write --source folder --root photos/ --size 64 --channels 3 --out data/shards
+    python -m pipelines.shards write --source hf --name user/faces --streaming --limit 5000 --out data/shards
+    python -m pipelines.shards verify data/shards [--prefix mnist-train] [--shallow]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 from linearizer.data import ImageFolderDataset, iter_hf_images, load_mnist, sklearn_digits
 
-from .shard_reader import brace_pattern, collate, decode_sample, iter_batches, make_webdataset, shard_urls
-from .shards import (Manifest, ShardError, ShardInfo, load_manifest, read_manifests, verify_all, verify_shards,
+from .reader import brace_pattern, collate, decode_sample, iter_batches, make_webdataset, shard_urls
+from .writer import (Manifest, ShardError, ShardInfo, load_manifest, read_manifests, verify_all, verify_shards,
                      write_shards)
 
 __all__ = [
@@ -98,7 +98,7 @@ def open_source(args: argparse.Namespace) -> tuple[Samples, dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.shards", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write", help="write a source to WebDataset shards with a manifest")
     write.add_argument("--source", choices=SOURCES, required=True)
@@ -142,7 +142,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # ShardError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

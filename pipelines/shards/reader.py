@@ -19,7 +19,7 @@ Batches are dicts: `image` float `[B, C, H, W]` in [0, 1], `label` long `[B]`, o
 tensor per extra PNG field (e.g. `target`), one long tensor per extra integer field (e.g.
 `style`), lists for JSON fields and for `__key__` / `__url__`, and `__skipped__`, the number of
 damaged samples skipped since the previous batch (always 0 unless `max_skipped > 0`; see
-`pipelines.shard_stream`).
+`pipelines.shards.stream`).
 
 Example:
     >>> batches = iter_batches("data/shards", "mnist-train", batch_size=256, rank=r, world_size=2, seed=0, steps=1000)
@@ -40,8 +40,8 @@ import torch
 import webdataset as wds
 from torch import Tensor
 
-from .shard_format import ShardError, check_sample, field_name, load_manifest
-from .shard_stream import SkipBudget, tar_samples
+from .format import ShardError, check_sample, field_name, load_manifest
+from .stream import SkipBudget, tar_samples
 
 SHUFFLE_BUFFER = 1000
 

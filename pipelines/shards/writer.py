@@ -1,7 +1,7 @@
 """Writing shard sets safely and proving them intact.
 
 The format (sample fields, tar members, `manifest.json`) is described in
-`pipelines.shard_format`. Shards are written under hidden temporary names and renamed only once
+`pipelines.shards.format`. Shards are written under hidden temporary names and renamed only once
 all of them are complete, immediately before the manifest is updated: a crash leaves no file
 that looks like a shard. Verification checks every shard against the manifest and, deeply,
 every sample against the schema; each defect raises a `ShardError` naming the shard file and
@@ -24,10 +24,10 @@ from typing import Any
 
 from webdataset import TarWriter
 
-from .shard_format import (FORMAT, MANIFEST, Manifest, ShardError, ShardInfo, brace_names, check_sample,
+from .format import (FORMAT, MANIFEST, Manifest, ShardError, ShardInfo, brace_names, check_sample,
                            encode_sample, file_digest, is_shard_of, load_manifest, locked, read_manifests,
                            shard_name, write_manifests)
-from .shard_stream import SkipBudget, shard_samples
+from .stream import SkipBudget, shard_samples
 
 __all__ = ["FORMAT", "MANIFEST", "Manifest", "ShardError", "ShardInfo", "load_manifest", "read_manifests",
            "scan_shard", "verify_all", "verify_shards", "write_shards"]
@@ -99,7 +99,7 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
     """Write samples to WebDataset shards and record them in `out_dir/manifest.json`.
 
     Args:
-        samples: sample dicts (fields as in `pipelines.shard_format`); all must share fields and
+        samples: sample dicts (fields as in `pipelines.shards.format`); all must share fields and
             image shapes.
         out_dir: directory of the shards (created if needed); may hold other shard sets.
         prefix: shard names are `{prefix}-NNNNNN.tar`.

@@ -304,7 +304,7 @@ def load_manifest(directory: str | Path, prefix: str | None = None) -> Manifest:
     """
     sets = read_manifests(directory)
     if not sets:
-        raise FileNotFoundError(f"no {MANIFEST} in {directory} (write shards with pipelines.data write)")
+        raise FileNotFoundError(f"no {MANIFEST} in {directory} (write shards with pipelines.shards write)")
     if prefix is None:
         if len(sets) != 1:
             raise ShardError(f"{Path(directory) / MANIFEST} holds several shard sets {sorted(sets)}: pass a prefix")

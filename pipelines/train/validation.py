@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from linearizer.kinds import ModelKind
 
-    from .config import JobConfig
+    from ..config import JobConfig
 
 #: loop-config key under which the driver hands workers their `ValidationConfig` (as a dict).
 LOOP_KEY = "validation"
@@ -109,8 +109,8 @@ def heldout_images(job: JobConfig, n: int) -> dict[str, Tensor]:
     Raises:
         ValueError: the set holds fewer than `n` samples.
     """
-    from .shard_format import load_manifest
-    from .shard_reader import make_webdataset, shard_urls
+    from ..shards.format import load_manifest
+    from ..shards.reader import make_webdataset, shard_urls
 
     directory, prefix = job.data.shards, job.data.heldout_prefix
     manifest = load_manifest(directory, prefix)

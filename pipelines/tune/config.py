@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from linearizer.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
 
-from .config import JobConfig, deepspeed_settings, public_dict
-from .validation import ValidationConfig
+from ..config import JobConfig, deepspeed_settings, public_dict
+from ..train.validation import ValidationConfig
 
 #: MLflow tags of trial runs and of the sweep's parent run.
 SWEEP_TAG = "linearizer.sweep"
@@ -95,7 +95,7 @@ class AshaConfig:
         max_t: ASHA's horizon in steps; None means `job.train.steps + 1`. It must exceed
             `job.train.steps`: trials end by themselves at `train.steps`, and a trial stopped at
             max_t would be stopped on its last report, racing Ray Train's own teardown of its
-            workers (a known way to leak their placement group; see `pipelines.tune_placement`).
+            workers (a known way to leak their placement group; see `pipelines.tune.placement`).
     """
 
     enabled: bool = True
@@ -127,7 +127,7 @@ class SweepConfig:
         eval_every: steps between validations; every trial reports then (and at its last step).
         max_concurrent_trials: None derives it from the cluster: CPUs (or GPUs) / what one trial's
             workers take, at least 1.
-        space, asha, validation: see `SearchSpace`, `AshaConfig`, `pipelines.validation.ValidationConfig`.
+        space, asha, validation: see `SearchSpace`, `AshaConfig`, `pipelines.train.validation.ValidationConfig`.
         job: the base training job of every trial.
     """
 

@@ -1,0 +1,7 @@
+"""`python -m pipelines.train`: see `pipelines.train.driver`."""
+
+import sys
+
+from .driver import main
+
+sys.exit(main())

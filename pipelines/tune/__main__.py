@@ -1,0 +1,7 @@
+"""`python -m pipelines.tune`: see `pipelines.tune.sweep`."""
+
+import sys
+
+from .sweep import main
+
+sys.exit(main())
