@@ -173,7 +173,7 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
 def scan_shard(path: Path, schema: dict[str, Any], expected: int | None = None) -> int:
     """Read every sample of one shard, check it against `schema`; return the sample count.
 
-    The training reader's own tar stream (`shard_stream.shard_samples`) reads it, so a shard
+    The training reader's own tar stream (`stream.shard_samples`) reads it, so a shard
     passes verification exactly when the workers can read it.
 
     Raises:

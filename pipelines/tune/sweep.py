@@ -56,7 +56,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     Args:
         config: the trial's point of the search space: {"rank", "depth", "lr"}.
         setup: {"sweep": the resolved `SweepConfig` as a dict, "parent_run_id": the sweep's run,
-            "registry": the name of the sweep's `tune_placement.PlacementRegistry`}.
+            "registry": the name of the sweep's `placement.PlacementRegistry`}.
 
     Raises:
         Whatever the training run raised (the trial is then marked errored by Tune and its
@@ -131,7 +131,7 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
 def make_tuner(cfg: SweepConfig, parent_run_id: str, concurrency: int) -> tuple[Any, bool]:
     """A new Tuner for the sweep, or the restored one when its experiment exists.
 
-    The sweep's `tune_placement.PlacementRegistry` must be running (`start_registry`).
+    The sweep's `placement.PlacementRegistry` must be running (`start_registry`).
 
     Returns:
         (tuner, resumed).
