@@ -75,7 +75,7 @@ def test_default_fid_floor_is_keyed_by_the_default_classifier_recipe():
 
 @pytest.mark.parametrize("overrides, message", [
     (['fid.floors={"mnist-classifier-v1/x": -1}'], r"fid.floors\['mnist-classifier-v1/x'\] must be a finite number > 0"),
-    (['fid.floors={"x": "high"}'], "must be a finite number > 0"),
+    (['fid.floors={"x": "high"}'], "fid.floors.x must be a number"),
     (["sampling.max_fid=-3"], "sampling.max_fid must be > 0"),
     (["sampling.max_fid=automatic"], "sampling.max_fid"),
 ])
