@@ -129,29 +129,33 @@ def _logged_grid(store, run_id: str, step: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_zero3_onestep_resumes_bit_exactly_and_exports_the_live_model(ray_local, mlflow_store, one_image_shards,
-                                                                     zero3_partitioned, tmp_path):
-    distributed = {"zero_stage": 3, "deepspeed_config": str(zero3_partitioned)}
-    straight = train(_job(tmp_path, "zero3-straight", one_image_shards, mlflow_store, distributed))
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_onestep_resumes_bit_exactly_and_exports_the_live_model(stage, ray_local, mlflow_store, one_image_shards,
+                                                                    zero3_partitioned, tmp_path):
+    distributed: dict = {"zero_stage": stage}
+    if stage == 3:
+        distributed["deepspeed_config"] = str(zero3_partitioned)
+    straight = train(_job(tmp_path, f"zero{stage}-straight", one_image_shards, mlflow_store, distributed))
     assert (straight.metrics["step"], straight.metrics["start_step"]) == (4, 0)
     assert np.isfinite(straight.metrics["loss"])
 
-    _ = train(_job(tmp_path, "zero3-resumed", one_image_shards, mlflow_store, distributed, train={"steps": 2}))
-    resumed = train(_job(tmp_path, "zero3-resumed", one_image_shards, mlflow_store, distributed))
+    _ = train(_job(tmp_path, f"zero{stage}-resumed", one_image_shards, mlflow_store, distributed,
+                   train={"steps": 2}))
+    resumed = train(_job(tmp_path, f"zero{stage}-resumed", one_image_shards, mlflow_store, distributed))
     assert (resumed.metrics["step"], resumed.metrics["start_step"]) == (4, 2)
 
     # Bit-exact resume: the same weights after 4 steps, stopped at 2 or not.
-    a, b = _weights(straight, 3), _weights(resumed, 3)
+    a, b = _weights(straight, stage), _weights(resumed, stage)
     assert sorted(a) == sorted(b)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
-    start = consolidated_state_dict(Path(straight.checkpoint).parent / "checkpoint_00000002", 3)
+    start = consolidated_state_dict(Path(straight.checkpoint).parent / "checkpoint_00000002", stage)
     assert any(not torch.equal(start[k], a[k]) for k in a), "steps 3 and 4 changed no weight"
 
-    # The export (ZeRO-3 partitions consolidated -> safetensors) samples what the live, partitioned
-    # model sampled at its last step: the same grid, pixel for pixel.
+    # The export (ZeRO partitions consolidated -> safetensors) samples what the live (at ZeRO-3:
+    # partitioned) model sampled at its last step: the same grid, pixel for pixel.
     model, _ = load_model(straight.model_dir)
-    job = _job(tmp_path, "zero3-straight", one_image_shards, mlflow_store, distributed)
+    job = _job(tmp_path, f"zero{stage}-straight", one_image_shards, mlflow_store, distributed)
     x0 = noise_like(torch.empty(job.mlflow.sample_grid, *model.image_shape),
                     torch.Generator().manual_seed(job.train.seed))
     with torch.no_grad():
