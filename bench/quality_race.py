@@ -92,9 +92,11 @@ def count(model: nn.Module) -> int:
 
 
 def matched_baseline(cfg: ModelConfig, target: int) -> tuple[ModelConfig, int]:
-    """The U-Net config whose parameter count is nearest `target` (levels 2-4, any width)."""
-    kind, best = get_kind("fm_baseline"), None
-    for levels in (2, 3, 4):
+    """The U-Net whose parameter count is nearest `target`, within 10 %: the baseline's own shape
+    (4 resolution levels) with its width searched; fewer levels only when no width fits."""
+    kind = get_kind("fm_baseline")
+    for levels in (4, 3, 2):
+        best = None
         for hidden in range(4, 129, 2):
             candidate = ModelConfig(kind="fm_baseline", image_shape=cfg.image_shape,
                                     flow=FlowConfig(depth=levels, hidden=hidden))
@@ -103,10 +105,9 @@ def matched_baseline(cfg: ModelConfig, target: int) -> tuple[ModelConfig, int]:
                 best = (candidate, n)
             if n > 2 * target:
                 break
-    assert best is not None
-    if abs(best[1] - target) > 0.1 * target:
-        raise ValueError(f"no U-Net within 10% of {target:,} parameters (nearest {best[1]:,})")
-    return best
+        if best is not None and abs(best[1] - target) <= 0.1 * target:
+            return best
+    raise ValueError(f"no U-Net within 10% of {target:,} parameters")
 
 
 def cpu_bounded(batches: TensorBatches, deadline_cpu: float) -> Iterator[dict[str, Tensor]]:
