@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -145,6 +146,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 T = TypeVar("T")
+
+
+def job_parser(stage: str, doc: str | None, what: str, example: str) -> argparse.ArgumentParser:
+    """The command line every config-driven stage shares: `--config FILE`, `--set KEY=VALUE`
+    (repeatable), `--address`.
+
+    Args:
+        stage: the module after `python -m`, e.g. "pipelines.train".
+        doc: the stage module's docstring (its first paragraph becomes the description).
+        what: what the config file holds, e.g. "job" or "sweep".
+        example: an override shown in the help, e.g. "train.steps=200".
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {stage}", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--config", help=f"YAML or JSON {what} config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. --set {example} (repeatable)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    return parser
 
 
 def run_cli(job: Callable[[], T]) -> tuple[T | None, int]:

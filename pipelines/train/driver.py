@@ -17,7 +17,6 @@ Everything the run produced is listed in `<output_dir>/<name>/result.json`.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import time
@@ -33,7 +32,7 @@ from linearizer.io import save_model
 from linearizer.kinds import ModelKind, get_kind
 
 from ..config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
-from ..runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
+from ..runtime import job_parser, prepare_environment, ray_session, resolve_local, run_cli, worker_env
 from ..tracking import (RankZero, TrackingRun, check_tracking_server, end_run, redact, redact_uri, resolve_tracking,
                         start_run)
 
@@ -289,12 +288,7 @@ def _jsonable(obj: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML or JSON job config (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.steps=200 (repeatable)")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
-    args = parser.parse_args(argv)
+    args = job_parser("pipelines.train", __doc__, "job", "train.steps=200").parse_args(argv)
     prepare_environment(args.address)  # before Ray is imported anywhere
     outcome, status = run_cli(lambda: train(load_job_config(args.config, args.overrides), args.address))
     if status:

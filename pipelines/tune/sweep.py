@@ -25,7 +25,6 @@ hash is a tag of the parent run); change the name to sweep something else.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 from linearizer.config import ConfigError, apply_overrides, to_dict
 from linearizer.kinds import get_kind
 
-from ..runtime import prepare_environment, ray_session, resolve_local, run_cli, worker_env
+from ..runtime import job_parser, prepare_environment, ray_session, resolve_local, run_cli, worker_env
 from ..tracking import TrackingRun, check_tracking_server, end_run, redact, resolve_tracking, start_run
 from .config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
@@ -269,12 +268,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepOutcome:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML or JSON sweep config (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set job.train.steps=200 (repeatable)")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
-    args = parser.parse_args(argv)
+    args = job_parser("pipelines.tune", __doc__, "sweep", "job.train.steps=200").parse_args(argv)
     prepare_environment(args.address)  # before Ray is imported anywhere
     outcome, status = run_cli(lambda: run_sweep(load_sweep_config(args.config, args.overrides), args.address))
     if status:
