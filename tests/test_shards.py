@@ -351,12 +351,24 @@ def test_cli_write_and_verify(tmp_path):
     assert ok.returncode == 0 and "ok digits-train: 120 samples in 3 shards (deep)" in ok.stdout, ok.stderr
 
 
-def test_cli_errors_exit_1_with_the_reason(shard_dir, capsys):
-    # the same entry point in-process (a subprocess per case would mostly measure torch's import)
-    assert main(["write", "--source", "digits", "--out", str(shard_dir), "--prefix", "toy-train"]) == 1
+def test_cli_exit_statuses_name_the_reason(shard_dir, tmp_path, capsys):
+    # the same entry point in-process (a subprocess per case would mostly measure torch's import);
+    # the project's scheme: 2 bad command line or input, 3 could not run
+    assert main(["write", "--source", "digits", "--out", str(shard_dir), "--prefix", "toy-train"]) == 2
     assert "overwrite" in capsys.readouterr().err
-    assert main(["write", "--source", "mnist", "--channels", "3", "--out", str(shard_dir)]) == 1
+    assert main(["write", "--source", "mnist", "--channels", "3", "--out", str(shard_dir)]) == 2
     assert "grey" in capsys.readouterr().err
+    assert main(["write", "--source", "folder", "--root", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as unknown:
+        main(["write", "--source", "nowhere", "--out", str(tmp_path)])
+    assert unknown.value.code == 2
+    assert main(["verify", str(tmp_path / "absent")]) == 2
+    assert "manifest" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["write", "--source", "digits", "--limit", "10", "--out", str(blocker / "shards")]) == 3
+    assert "could not run" in capsys.readouterr().err
     (shard_dir / "toy-train-000001.tar").write_bytes(b"")
-    assert main(["verify", str(shard_dir), "--shallow"]) == 1
+    assert main(["verify", str(shard_dir), "--shallow"]) == 2
     assert "toy-train-000001.tar: checksum mismatch" in capsys.readouterr().err

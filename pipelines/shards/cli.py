@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from linearizer.cli import EXIT_OK, run_command
 from linearizer.data import ImageFolderDataset, iter_hf_images, load_mnist, sklearn_digits
 
 from .reader import brace_pattern, collate, decode_sample, iter_batches, make_webdataset, shard_urls
@@ -123,22 +123,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 bad data or arguments)."""
-    args = _parser().parse_args(argv)
+def _write(args: argparse.Namespace) -> int:
+    """`write`: one source to a shard set; prints the manifest's summary as one JSON line."""
+    samples, source = open_source(args)
+    prefix = args.prefix or f"{args.source}-{args.split}"
     try:
-        if args.command == "write":
-            samples, source = open_source(args)
-            prefix = args.prefix or f"{args.source}-{args.split}"
-            m = write_shards(samples, args.out, prefix, args.maxcount, args.maxsize, source, args.overwrite)
-            print(json.dumps({"prefix": m.prefix, "count": m.count, "shards": len(m.shards),
-                              "pattern": m.pattern, "schema": m.schema}))
-            return 0
-        sets = ({args.prefix: verify_shards(args.directory, args.prefix, not args.shallow)} if args.prefix
-                else verify_all(args.directory, not args.shallow))
-        for prefix, m in sets.items():
-            print(f"ok {prefix}: {m.count} samples in {len(m.shards)} shards ({'shallow' if args.shallow else 'deep'})")
-        return 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ShardError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        m = write_shards(samples, args.out, prefix, args.maxcount, args.maxsize, source, args.overwrite)
+    except FileExistsError as e:  # an existing set is a command-line matter (--overwrite), not an unusable disk
+        raise ValueError(str(e)) from e
+    print(json.dumps({"prefix": m.prefix, "count": m.count, "shards": len(m.shards),
+                      "pattern": m.pattern, "schema": m.schema}))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """`verify`: every set in the directory (or `--prefix`) against its manifest."""
+    sets = ({args.prefix: verify_shards(args.directory, args.prefix, not args.shallow)} if args.prefix
+            else verify_all(args.directory, not args.shallow))
+    for prefix, m in sets.items():
+        print(f"ok {prefix}: {m.count} samples in {len(m.shards)} shards ({'shallow' if args.shallow else 'deep'})")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the project's exit status (`linearizer.cli.run_command`):
+    0 done; 2 bad arguments or input (an unknown source, a missing folder, an existing set without
+    `--overwrite`, a missing or corrupt shard set: `ShardError` is a ValueError); 3 could not run
+    (an OSError while writing)."""
+    args = _parser().parse_args(argv)
+    command = _write if args.command == "write" else _verify
+    return run_command(lambda: command(args), f"python -m pipelines.shards {args.command}")

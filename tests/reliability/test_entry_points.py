@@ -111,6 +111,12 @@ CASES: dict[str, Case] = {
     "tune: unwritable storage": Case(("-m", "pipelines.tune", "--set", "job.storage_path={job}/ray_results"),
                                      ("storage_path {job}/ray_results is not a writable directory",), 3),
     "main: unknown key": Case(("-m", "pipelines.main", "--set", "train.stepz=1"), ("unknown config key",), 2),
+    # python -m pipelines.shards
+    "shards: unknown source": Case(("-m", "pipelines.shards", "write", "--source", "nowhere", "--out", "{tmp}/s"),
+                                   ("invalid choice", "usage"), 2),
+    "shards: missing folder": Case(("-m", "pipelines.shards", "write", "--source", "folder", "--root",
+                                    "{tmp}/no-photos", "--out", "{tmp}/s"), ("image folder not found",), 2),
+    "shards: missing set": Case(("-m", "pipelines.shards", "verify", "{tmp}/no-shards"), ("manifest.json",), 2),
 }
 
 
