@@ -46,6 +46,7 @@ from linearizer.projective import (
     project,
     projective_config,
 )
+from linearizer.projective.evaluation import project_batched, restoration
 from linearizer.projective.inputs import make_inputs, mask_box
 from linearizer.training import fit
 from linearizer.viz import save_grid
@@ -155,16 +156,15 @@ def measure(model, args: argparse.Namespace, test: Tensor, extractor) -> dict:
         results["idempotency_float64"][name] = summary(batched(lambda b: idempotency_error(model64, b.double()), x))
 
     x = test[:n].to(device)
-    recon = batched(lambda b: project(model, b), x)
+    recon = project_batched(model, x, 250)
     results["fixed_point"] = {"relative_error": summary(batched(lambda b: fixed_point_error(model, b), x)),
                               "psnr_db": float(psnr(recon.clamp(0, 1), x))}
 
     results["denoise"] = {}
     for sigma in SIGMAS:
         noisy = add_noise(test[:n], sigma, gen()).to(device)
-        restored = batched(lambda b: project(model, b), noisy)
-        results["denoise"][f"sigma={sigma}"] = {"input_psnr_db": float(psnr(noisy.clamp(0, 1), x)),
-                                                "output_psnr_db": float(psnr(restored.clamp(0, 1), x))}
+        scored = restoration(noisy, project_batched(model, noisy, 250), x)
+        results["denoise"][f"sigma={sigma}"] = {"input_psnr_db": scored.before_db, "output_psnr_db": scored.after_db}
 
     mask = box_mask(x.shape, *mask_box(shape)).to(device)
     masked = apply_mask(x, mask)
@@ -180,7 +180,7 @@ def measure(model, args: argparse.Namespace, test: Tensor, extractor) -> dict:
         }
 
     noise = make_inputs("noise", n, shape, gen()).inputs.to(device)
-    samples = batched(lambda b: project(model, b), noise).clamp(0, 1).cpu()
+    samples = project_batched(model, noise, 250).clamp(0, 1).cpu()
     results["fid_samples"] = fid(test[:n], samples, extractor).to_dict()
     results["sample_range"] = [float(samples.min()), float(samples.max())]
     return results

@@ -37,9 +37,9 @@ from torch import Tensor
 from linearizer.config import FlowConfig, LossConfig, ModelConfig, OperatorConfig, TrainConfig, apply_overrides
 from linearizer.io import load_model, save_model
 from linearizer.kinds import get_kind
-from linearizer.metrics.image import psnr, ssim
 from linearizer.style import (DEFAULT_STYLES, apply_filter, apply_in_sequence, compose_styles, composition_gap,
                               interpolate_styles, make_filter_pairs, step_smoothness, with_strength)
+from linearizer.style.evaluation import quality as image_quality
 from linearizer.training import fit
 from linearizer.viz import save_grid
 
@@ -120,7 +120,8 @@ def reload(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
 
 
 def quality(y_hat: Tensor, y: Tensor) -> dict[str, float]:
-    return {"psnr": round(float(psnr(y_hat, y)), 2), "ssim": round(float(ssim(y_hat, y).mean()), 4)}
+    scored = image_quality(y_hat, y)
+    return {"psnr": round(scored["psnr"], 2), "ssim": round(scored["ssim"], 4)}
 
 
 @torch.no_grad()

@@ -425,6 +425,41 @@ def test_offline_input_sets_have_the_model_shape(name):
     assert bool(torch.isfinite(probe.inputs).all())
 
 
+# ----- evaluation -----
+
+
+def test_evaluation_metrics_are_the_direct_computation():
+    from linearizer.metrics.image import psnr
+    from linearizer.projective.evaluation import evaluate, project_batched
+    from linearizer.projective.inputs import Probe, mask_box
+
+    model = perturbed_model(True, torch.float32)
+    g = torch.Generator().manual_seed(5)
+    clean = data_like(6, seed=4)
+    noisy = add_noise(clean, 0.2, g)
+    mask = box_mask(clean.shape, *mask_box(SHAPE))
+    masked = apply_mask(clean, mask)
+    probes = {"noise": Probe(torch.randn(6, *SHAPE, generator=g)), "noisy": Probe(noisy, clean),
+              "masked": Probe(masked, clean, mask), "mnist": Probe(clean, clean), "blobs": Probe(data_like(6, seed=6))}
+    noise = torch.randn(10, *SHAPE, generator=g)
+    result = evaluate(model, probes, "blobs", noise, inpaint_iterations=3, grid=4, batch_size=4)
+
+    m, same = result.metrics, lambda value: pytest.approx(value, rel=1e-6)
+    for name, label in (("noise", "noise"), ("noisy", "noisy"), ("masked", "masked"), ("blobs", "ood")):
+        assert m[f"idempotency_{label}"] == same(float(idempotency_error(model, probes[name].inputs).max()))
+    assert m["idempotency_max"] == max(m[f"idempotency_{label}"] for label in ("noise", "noisy", "masked", "ood"))
+    assert m["fixed_point_error"] == same(float(fixed_point_error(model, clean).mean()))
+    assert m["denoise_psnr"] == same(float(psnr(denoise(model, noisy).clamp(0, 1), clean)))
+    assert m["noisy_psnr"] == same(float(psnr(noisy.clamp(0, 1), clean)))
+    assert m["denoise_gain_db"] == same(m["denoise_psnr"] - m["noisy_psnr"])
+    assert m["inpaint_psnr"] == same(float(psnr(inpaint(model, masked, mask, iterations=3).clamp(0, 1), clean)))
+    assert m["masked_psnr"] == same(float(psnr(masked, clean)))
+    torch.testing.assert_close(result.samples, project_batched(model, noise, batch_size=10))
+    assert result.images["before_after"].shape[0] == SHAPE[0]
+    with pytest.raises(ValueError, match="missing \\['blobs'\\]"):
+        evaluate(model, {k: v for k, v in probes.items() if k != "blobs"}, "blobs", noise)
+
+
 # ----- command line -----
 
 

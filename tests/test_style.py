@@ -402,3 +402,48 @@ def test_cli_trains_from_a_pair_folder(tmp_path):
     assert cfg["kind"] == "style" and cfg["operator"]["styles"] == ["inv"] and cfg["image_shape"] == [3, 8, 8]
     model, _ = load_model(tmp_path / "m")
     assert model.styles == ("inv",)
+
+
+# ----- evaluation -----
+
+
+def test_evaluation_metrics_are_the_direct_computation():
+    from linearizer.metrics.image import psnr, ssim
+    from linearizer.style.evaluation import evaluate
+
+    shape = (3, 16, 16)  # SSIM's window is 11 pixels
+    torch.manual_seed(0)
+    model64 = StyleModel(ModelConfig(kind="style", image_shape=shape, flow=FlowConfig(depth=1, hidden=8),
+                                     operator=OperatorConfig(styles=STYLES, kernel_size=4))).double().eval()
+    coarse = torch.rand(4, 3, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    content = torch.nn.functional.interpolate(coarse, size=shape[1:], mode="bicubic", align_corners=False).clamp(0, 1)
+    model64.initialize(content, content.sqrt())
+    with torch.no_grad():
+        for p in model64.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # off the identity, so that every term is non-trivial
+    content = content.repeat(len(STYLES), 1, 1, 1)
+    style = torch.arange(len(STYLES)).repeat_interleave(4)
+    pairs = StylePairs(content, content.sqrt(), style, tuple(STYLES), [f"p{i}" for i in range(len(style))])
+    result = evaluate(model64, pairs, examples=2, strip_steps=4)
+
+    m, same = result.metrics, lambda value: pytest.approx(value, rel=1e-9)
+    for s in STYLES:
+        x, target = pairs.of_style(s)
+        y = model64.linearizer(s)(x).clamp(0, 1)
+        assert m[f"psnr.{s}"] == same(float(psnr(y, target)))
+        assert m[f"ssim.{s}"] == same(float(ssim(y, target).mean()))
+        assert m[f"content_psnr.{s}"] == same(float(psnr(x, target)))
+        assert m[f"gain_db.{s}"] == same(m[f"psnr.{s}"] - m[f"content_psnr.{s}"])
+    assert m["psnr"] == same(sum(m[f"psnr.{s}"] for s in STYLES) / len(STYLES))
+    assert m["gain_db"] == min(m[f"gain_db.{s}"] for s in STYLES)
+    shown = pairs.of_style(STYLES[0])[0][:2]
+    alphas = torch.linspace(0, 1, 4).tolist()  # the served alphas (float32 values, as a request would send)
+    strips = [torch.stack([interpolate_styles(model64, a, b, t)(shown).clamp(0, 1) for t in alphas])
+              for a, b in zip(STYLES, STYLES[1:])]
+    assert m["interpolation_step"] == same(max(step_smoothness(strip) for strip in strips))
+    composed = compose_styles(model64, STYLES[:2])(shown).clamp(0, 1)
+    sequential = apply_in_sequence(model64, STYLES[:2], shown).clamp(0, 1)
+    assert m["composition_psnr"] == same(float(psnr(composed, sequential, cap_db=200.0)))
+    assert sorted(result.images) == ["composition", "interpolation", "styles"]
+    with pytest.raises(ValueError, match="strip_steps"):
+        evaluate(model64, pairs, strip_steps=1)

@@ -28,6 +28,7 @@ from ..metrics.image import psnr
 from ..training import TensorBatches, fit
 from ..viz import save_grid
 from .defaults import projective_config
+from .evaluation import restoration
 from .inputs import INPUTS, make_inputs
 from .kind import SPEC
 from .uses import idempotency_error, inpaint
@@ -118,8 +119,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     if probe.clean is probe.inputs:
         report += f"; PSNR of projections vs inputs {float(psnr(outputs.float().clamp(0, 1), probe.clean)):.2f} dB"
     elif probe.clean is not None:
-        before = float(psnr(probe.inputs.clamp(0, 1), probe.clean))
-        after = float(psnr(outputs.float().clamp(0, 1), probe.clean))
-        report += f"; PSNR vs clean {before:.2f} dB -> {after:.2f} dB"
+        scored = restoration(probe.inputs, outputs, probe.clean)
+        report += f"; PSNR vs clean {scored.before_db:.2f} dB -> {scored.after_db:.2f} dB"
     print(report)
     return 0

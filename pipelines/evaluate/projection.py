@@ -1,14 +1,10 @@
-"""Projection evaluation of "projective" models `f = g^{-1} P g`.
+"""Projection evaluation of "projective" models `f = g^{-1} P g`, for the registry.
 
-Measures with the library's own uses (`linearizer.projective.uses`):
-
-- idempotency `||f(f(x)) - f(x)|| / ||f(x)||` (worst image) on noise, noisy digits, masked digits
-  and an out-of-distribution set: exact by construction, so anything above round-off is a bug;
-- fixed-point error `||f(x) - x|| / ||x||` (mean) on test digits: how close data lie to the set;
-- denoising and inpainting PSNR on corrupted test digits, beside the PSNR of the corrupted
-  inputs themselves (what doing nothing scores);
-- FID of projected noise (the model's samples) against the MNIST test split;
-- a before/after grid: each probe's inputs above their projections.
+The measurements are the library's (`linearizer.projective.evaluation`: idempotency per probe,
+fixed-point error, denoising and inpainting PSNR beside doing nothing, projected-noise samples,
+the before/after grid); this layer draws the probes from the evaluation config, adds the FID of
+the projected noise against the MNIST test split, the quality floors of `projection.*` and what
+makes two runs comparable.
 
 Example:
     >>> result = run(model, model_cfg, cfg)
@@ -18,22 +14,15 @@ Example:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from linearizer.config import ModelConfig
-from linearizer.metrics import psnr
-from linearizer.viz import make_grid
 
 from .common import EvalResult, EvaluationError, fid_floor, fid_info, fid_vs_mnist, generator, make_checks
 from .config import EvalConfig
 
 KIND = "projective"
 HIGHER_IS_BETTER = {"denoise_psnr": True, "inpaint_psnr": True, "fixed_point_error": False, "fid": False}
-
-
-def _show_noise(x: Tensor) -> Tensor:
-    """Noise mapped into [0, 1] for display (mean 0.5, 2 sigma to the edges)."""
-    return (0.5 + 0.25 * x).clamp(0, 1)
 
 
 @torch.no_grad()
@@ -50,8 +39,8 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
         `denoise_psnr`, `noisy_psnr`, `denoise_gain_db`, `inpaint_psnr`, `masked_psnr`, `fid`
         (unless off), with the floors of `projection.*`; picture "before_after".
     """
+    from linearizer.projective.evaluation import evaluate
     from linearizer.projective.inputs import make_inputs
-    from linearizer.projective.uses import denoise, fixed_point_error, idempotency_error, inpaint, project
 
     p = cfg.projection
     device = torch.device(cfg.device)
@@ -62,29 +51,12 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
                   for i, name in enumerate(("noise", "noisy", "masked", p.ood, "mnist"))}
     except ValueError as e:
         raise EvaluationError(f"the projection probes are MNIST digits and {p.ood!r} images: {e}") from e
-    on = {name: probe.inputs.to(device) for name, probe in probes.items()}
-
-    metrics: dict[str, float] = {}
-    for name, label in (("noise", "noise"), ("noisy", "noisy"), ("masked", "masked"), (p.ood, "ood")):
-        metrics[f"idempotency_{label}"] = float(idempotency_error(model, on[name]).max())
-    metrics["idempotency_max"] = max(metrics[k] for k in list(metrics))
-    metrics["fixed_point_error"] = float(fixed_point_error(model, on["mnist"]).mean())
-
-    clean = probes["noisy"].clean.to(device)
-    denoised = denoise(model, on["noisy"])
-    metrics["denoise_psnr"] = float(psnr(denoised.clamp(0, 1), clean))
-    metrics["noisy_psnr"] = float(psnr(on["noisy"].clamp(0, 1), clean))
-    metrics["denoise_gain_db"] = metrics["denoise_psnr"] - metrics["noisy_psnr"]
-    masked = probes["masked"]
-    inpainted = inpaint(model, on["masked"], masked.mask.to(device), iterations=p.inpaint_iterations)
-    metrics["inpaint_psnr"] = float(psnr(inpainted.clamp(0, 1), masked.clean.to(device)))
-    metrics["masked_psnr"] = float(psnr(on["masked"], masked.clean.to(device)))
-
-    noise = torch.randn(p.fid_n, *shape, generator=generator(cfg.seed, 10)).to(device)
-    samples = torch.cat([project(model, noise[i:i + 256]) for i in range(0, p.fid_n, 256)])
+    noise = torch.randn(p.fid_n, *shape, generator=generator(cfg.seed, 10))
+    measured = evaluate(model, probes, p.ood, noise, inpaint_iterations=p.inpaint_iterations, grid=p.grid)
+    metrics = dict(measured.metrics)
     info = {"sigma": f"{p.sigma:g}", "inpaint_iterations": str(p.inpaint_iterations), "ood": p.ood,
             "n": str(p.n), "device": str(device)}
-    scored = fid_vs_mnist(cfg, samples)
+    scored = fid_vs_mnist(cfg, measured.samples)
     if scored is not None:
         metrics["fid"] = scored.value
         info.update(fid_info(scored))
@@ -95,10 +67,6 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
                   "fixed_point_error": "projection/fixed_point_error"}.get(primary)
     if primary == "fid":
         comparable = f"projection/fid/{info['fid_extractor']}/n{p.fid_n}/real{info['fid_n_real']}"
-    g = min(p.grid, p.n)
-    rows = [_show_noise(on["noise"][:g]), samples[:g].clamp(0, 1), on["noisy"][:g].clamp(0, 1),
-            denoised[:g].clamp(0, 1), on["masked"][:g], inpainted[:g].clamp(0, 1), on[p.ood][:g].clamp(0, 1),
-            project(model, on[p.ood][:g]).clamp(0, 1)]
     return EvalResult(
         evaluation="projection", metrics=metrics,
         checks=(make_checks(metrics, [("idempotency_max", "<=", p.max_idempotency_error),
@@ -108,7 +76,7 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
                                       ("inpaint_psnr", ">=", p.min_inpaint_psnr)], "projection")
                 + fid_floor(cfg, p.max_fid, scored, "projection.max_fid")),
         primary=primary, higher_is_better=HIGHER_IS_BETTER[primary], comparable=comparable,
-        images={"before_after": make_grid(torch.cat(rows).cpu(), nrow=g)}, info=info,
+        images=measured.images, info=info,
         notes=["Rows of `before_after`, in pairs (input above its projection): noise, noisy digits "
                f"(sigma {p.sigma:g}), masked digits ({p.inpaint_iterations} alternating projections), "
                f"out-of-distribution '{p.ood}' images."],

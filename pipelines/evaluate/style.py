@@ -1,13 +1,9 @@
-"""Style-transfer evaluation of "style" models `f_s = g_y^{-1} A_s g_x`.
+"""Style-transfer evaluation of "style" models `f_s = g_y^{-1} A_s g_x`, for the registry.
 
-Through the kind's predict modes (`style`, `interpolate`, `compose`):
-
-- per style, PSNR and SSIM of `f_s(content)` against the target on held-out content, beside
-  the scores of the content itself (what doing nothing scores);
-- interpolation strips `(1 - a) A_s1 + a A_s2` between consecutive styles, with the largest
-  step along the strip relative to its span (1/(k-1) for a uniform path);
-- composition: one operator `A_s2 A_s1` next to the two styles applied in sequence, with the
-  PSNR between the two (they agree exactly only when `g_x = g_y`).
+The measurements are the library's (`linearizer.style.evaluation`: per-style PSNR and SSIM
+beside the content's own PSNR, the gain, the interpolation step, the composition PSNR and the
+grids); this layer picks the held-out pairs, adds the quality floors of `style.*`, what makes two
+runs comparable, and the notes that read the grids.
 
 Held-out pairs are the classical-filter pairs of photos never trained on
 (`linearizer.style.data.make_filter_pairs(split="test")`) or a pair folder (`style.pairs`).
@@ -20,12 +16,9 @@ Example:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from linearizer.config import ModelConfig
-from linearizer.kinds import get_kind
-from linearizer.metrics import psnr, ssim
-from linearizer.viz import make_grid
 
 from .common import EvalResult, EvaluationError, make_checks
 from .config import EvalConfig
@@ -60,51 +53,20 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
         `style.min_gain_db`, `style.min_psnr`, `style.min_ssim`; pictures "styles",
         "interpolation", "composition".
     """
-    st, kind = cfg.style, get_kind(KIND)
+    from linearizer.style.evaluation import evaluate
+
+    st = cfg.style
     device = torch.device(cfg.device)
     model.to(device)
     styles = tuple(model.styles)
     pairs = held_out_pairs(styles, tuple(model_cfg.image_shape), cfg)
-    k = max(1, min(st.examples, len(pairs) // len(styles)))
-
-    metrics: dict[str, float] = {}
-    shown: list[Tensor] = []
-    for s in styles:
-        content, target = (t.to(device) for t in pairs.of_style(s))
-        y = kind.predict(model, content, {"mode": "style", "style": s})
-        metrics[f"psnr.{s}"] = float(psnr(y, target))
-        metrics[f"ssim.{s}"] = float(ssim(y, target).mean())
-        metrics[f"content_psnr.{s}"] = float(psnr(content, target))
-        metrics[f"gain_db.{s}"] = metrics[f"psnr.{s}"] - metrics[f"content_psnr.{s}"]
-        shown += [content[:k], y[:k], target[:k]]
-    metrics["psnr"] = sum(metrics[f"psnr.{s}"] for s in styles) / len(styles)
-    metrics["ssim"] = sum(metrics[f"ssim.{s}"] for s in styles) / len(styles)
-    metrics["gain_db"] = min(metrics[f"gain_db.{s}"] for s in styles)
-    images = {"styles": make_grid(torch.cat(shown).cpu(), nrow=k)}
+    measured = evaluate(model, pairs, examples=st.examples, strip_steps=st.strip_steps)
+    metrics = dict(measured.metrics)
     notes = ["`styles`: for each style, three rows: held-out content, the model's output, the target."]
-
     if len(styles) >= 2:
-        from linearizer.style.algebra import step_smoothness
-
-        content = pairs.of_style(styles[0])[0][:k].to(device)
-        alphas = torch.linspace(0, 1, st.strip_steps).tolist()
-        worst, strips = 0.0, []
-        for a, b in zip(styles[:-1], styles[1:]):
-            strip = torch.stack([kind.predict(model, content, {"mode": "interpolate", "style_a": a, "style_b": b,
-                                                               "alpha": alpha}) for alpha in alphas])
-            worst = max(worst, step_smoothness(strip))
-            strips.append(strip.transpose(0, 1).flatten(0, 1))  # row per content image
-        metrics["interpolation_step"] = worst
-        images["interpolation"] = make_grid(torch.cat(strips).cpu(), nrow=len(alphas))
-
-        pair = list(styles[:2])
-        composed = kind.predict(model, content, {"mode": "compose", "styles": pair, "how": "operator"})
-        sequential = kind.predict(model, content, {"mode": "compose", "styles": pair, "how": "sequential"})
-        metrics["composition_psnr"] = float(psnr(composed, sequential, cap_db=200.0))
-        images["composition"] = make_grid(torch.cat([content, composed, sequential]).cpu(), nrow=k)
-        notes += [f"`interpolation`: a row per content image, alpha from 0 to 1 in {len(alphas)} steps, for "
+        notes += [f"`interpolation`: a row per content image, alpha from 0 to 1 in {st.strip_steps} steps, for "
                   f"each consecutive pair of {list(styles)}.",
-                  f"`composition`: content, then {pair[0]} -> {pair[1]} as one operator, then the two styles "
+                  f"`composition`: content, then {styles[0]} -> {styles[1]} as one operator, then the two styles "
                   f"applied in sequence."]
 
     source = cfg.style.pairs or f"filters-test-n{st.n}"
@@ -113,7 +75,7 @@ def run(model: nn.Module, model_cfg: ModelConfig, cfg: EvalConfig) -> EvalResult
         checks=make_checks(metrics, [("gain_db", ">=", st.min_gain_db), ("psnr", ">=", st.min_psnr),
                                      ("ssim", ">=", st.min_ssim)], "style"),
         primary=st.primary, higher_is_better=HIGHER_IS_BETTER[st.primary],
-        comparable=f"style/{st.primary}/{source}/{','.join(styles)}", images=images,
+        comparable=f"style/{st.primary}/{source}/{','.join(styles)}", images=measured.images,
         info={"styles": ", ".join(styles), "pairs": source, "n_pairs": str(len(pairs)), "device": str(device)},
         notes=notes,
     )
