@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("outputs/quality_race"), help="grids and per-run files")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--png", type=Path, default=None, help="write the FID-vs-budget plot here")
+    p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
+                   help="only draw --png from the results JSON of an earlier (possibly interrupted) run")
     args = p.parse_args(argv)
     if min(args.budgets) <= 0 or args.eval_n < 2:
         p.error("budgets must be > 0 and --eval-n >= 2")
@@ -177,7 +179,9 @@ def plot(results: dict, path: Path) -> None:
                                          ("Linearizer", "onestep", LINEARIZER_STEPS, "-s")):
         for steps in steps_list:
             values = [r[key]["fid"][str(steps)] for r in results["budgets"]]
-            ax.plot(budgets, values, style, label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
+            hollow = key == "onestep" and steps > 1  # equals the one-step curve: B collapses it
+            ax.plot(budgets, values, ":x" if hollow else style, markersize=9 if hollow else 6,
+                    label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
@@ -194,6 +198,11 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_only is not None:
+        if args.png is None:
+            raise SystemExit("--plot-only needs --png")
+        plot(json.loads(args.plot_only.read_text()), args.png)
+        return 0
     torch.set_num_threads(1)
     model_cfg, train_cfg = recipe(args)
     n_linearizer = count(get_kind("onestep").build(model_cfg))
