@@ -15,20 +15,31 @@ for the baseline at 1, 2, 4, 8, 16 and 100 Euler steps, and for the Linearizer i
 feeds every sampler. Results: `--json` (every number, the command, the machine) and `--png` (FID
 against budget, a line per sampler, log scale), plus sample grids per budget in `--out`.
 
+Runs are independent (each budget trains both models from scratch), so `--jobs N` trains N of
+them at once, one thread each; budgets count CPU seconds, so parallel runs stay fair. `--extend`
+adds budgets to an earlier results file measured with the same models, recipe and FID protocol.
+`--goal-n` scores the goal's pair (Linearizer in 1 step, baseline in 4 steps) at the largest
+budget with more samples. Each trained model is saved (safetensors + JSON config) in `--out`.
+
 Run (the committed figures, docs/onestep.md "Quality race"):
-    OMP_NUM_THREADS=1 python -m bench.quality_race --budgets 2 4 8 --eval-n 5000 \\
+    OMP_NUM_THREADS=1 python -m bench.quality_race --budgets 1 2 4 --eval-n 500 \\
         --json docs/results/quality_race.json --png docs/img/quality_race.png
-    # a user with time: --budgets 15 30 60 (CPU minutes per model and budget)
+    OMP_NUM_THREADS=1 python -m bench.quality_race --budgets 60 --eval-n 500 --goal-n 5000 --jobs 2 \\
+        --extend docs/results/quality_race.json --json docs/results/quality_race.json \\
+        --png docs/img/quality_race.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +48,7 @@ from torch import Tensor, nn
 import linearizer.baselines  # noqa: F401 - registers the "fm_baseline" kind
 from linearizer.config import FlowConfig, ModelConfig, TrainConfig, apply_overrides, from_dict, to_dict
 from linearizer.data.mnist import load_mnist
+from linearizer.io import save_model
 from linearizer.kinds import get_kind
 from linearizer.metrics import feature_stats, fid, get_extractor
 from linearizer.training import TensorBatches, fit
@@ -46,6 +58,9 @@ from .common import machine_line
 
 BASELINE_STEPS = (1, 2, 4, 8, 16, 100)
 LINEARIZER_STEPS = (1, 100)
+KINDS = {"onestep": LINEARIZER_STEPS, "fm_baseline": BASELINE_STEPS}
+#: the goal's pair: the Linearizer's one step against the baseline's four.
+GOAL = (("onestep", 1), ("fm_baseline", 4))
 #: steps timed to estimate what a budget buys (after two warm-up steps).
 PROBE_STEPS = 6
 
@@ -65,11 +80,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("outputs/quality_race"), help="grids and per-run files")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--png", type=Path, default=None, help="write the FID-vs-budget plot here")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
+                   help="models to train (default: both); one kind compares design options of one model")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each (default: 1)")
+    p.add_argument("--extend", type=Path, default=None, metavar="JSON",
+                   help="keep the budgets of this earlier results file (same models and protocol) and add new ones")
+    p.add_argument("--goal-n", type=int, default=None,
+                   help="also score Linearizer 1-step and baseline 4-step at the largest budget with this many samples")
     p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
                    help="only draw --png from the results JSON of an earlier (possibly interrupted) run")
     args = p.parse_args(argv)
-    if min(args.budgets) <= 0 or args.eval_n < 2:
-        p.error("budgets must be > 0 and --eval-n >= 2")
+    if min(args.budgets) <= 0 or args.eval_n < 2 or args.jobs < 1 or (args.goal_n is not None and args.goal_n < 2):
+        p.error("budgets must be > 0, --eval-n and --goal-n >= 2, --jobs >= 1")
     return args
 
 
@@ -177,10 +199,13 @@ def plot(results: dict, path: Path) -> None:
     budgets = [r["budget_cpu_min"] for r in results["budgets"]]
     for name, key, steps_list, style in (("flow matching", "fm_baseline", BASELINE_STEPS, "--o"),
                                          ("Linearizer", "onestep", LINEARIZER_STEPS, "-s")):
+        rows = [r for r in results["budgets"] if key in r]
+        if not rows:
+            continue
         for steps in steps_list:
-            values = [r[key]["fid"][str(steps)] for r in results["budgets"]]
+            values = [r[key]["fid"][str(steps)] for r in rows]
             hollow = key == "onestep" and steps > 1  # equals the one-step curve: B collapses it
-            ax.plot(budgets, values, ":x" if hollow else style, markersize=9 if hollow else 6,
+            ax.plot([r["budget_cpu_min"] for r in rows], values, ":x" if hollow else style, markersize=9 if hollow else 6,
                     label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -196,6 +221,74 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One model trained for one budget, then scored: what a worker process needs."""
+
+    kind: str
+    cfg: ModelConfig
+    train_cfg: TrainConfig
+    budget_min: float
+    limit: int | None
+    eval_n: int
+    goal_n: int | None
+    seed: int
+    out: Path
+
+
+def run(job: Run) -> tuple[float, str, dict, str]:
+    """Train, sample with every sampler of the kind, score, save the model: (budget, kind, row, key)."""
+    torch.set_num_threads(1)
+    images = load_mnist("train", limit=job.limit)[0]
+    extractor = get_extractor("mnist-classifier")
+    real = feature_stats(extractor, load_mnist("test")[0])
+    model, trained = train(job.kind, job.cfg, job.train_cfg, images, 60 * job.budget_min)
+    save_model(model, job.cfg, job.out / f"{job.kind}-{job.budget_min:g}min")
+    row = {**trained, "fid": {}, "cpu_s_per_1000_samples": {}}
+    n = max(job.eval_n, job.goal_n or 0)
+    x0 = torch.randn((n, *job.cfg.image_shape), generator=torch.Generator().manual_seed(job.seed + 1))
+    key = ""
+    for steps in KINDS[job.kind]:
+        goal = job.goal_n is not None and (job.kind, steps) in GOAL
+        out, cost = sample(job.kind, model, x0[:job.goal_n] if goal else x0[:job.eval_n], steps)
+        scored = fid(real, out[:job.eval_n], extractor)  # the same first eval_n noises as every other sampler
+        key = scored.key
+        row["fid"][str(steps)] = scored.value
+        row["cpu_s_per_1000_samples"][str(steps)] = cost
+        if goal:
+            row.setdefault("fid_goal_n", {})[str(steps)] = fid(real, out, extractor).value
+        save_grid(out[:64], job.out / f"{job.kind}-{job.budget_min:g}min-{steps}steps.png", nrow=8)
+        print(f"budget {job.budget_min:g} min  {job.kind:11s} {steps:3d} steps  FID {scored.value:8.2f}  "
+              f"({trained['steps']} training steps)", flush=True)
+    return job.budget_min, job.kind, row, key
+
+
+def earlier(path: Path, results: dict) -> list[dict]:
+    """The budgets of an earlier results file, refused unless models and FID protocol match."""
+    old = json.loads(path.read_text())
+    for field in ("eval_n", "models"):
+        if old.get(field) != results[field]:
+            raise SystemExit(f"--extend {path}: its {field} differs from this run's; budgets measured "
+                             f"differently cannot share one curve")
+    results["commands"] = old.get("commands", [old["command"]]) + [results["command"]]
+    results["fid_extractor"] = old["fid_extractor"]
+    return old["budgets"]
+
+
+def goal(results: dict) -> dict | None:
+    """The issue's goal at the largest budget: the Linearizer's 1-step FID below the baseline's 4-step."""
+    rows = [r for r in results["budgets"] if all(k in r for k, _ in GOAL)]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: r["budget_cpu_min"])
+    field = "fid_goal_n" if all("fid_goal_n" in row[k] for k, _ in GOAL) else "fid"
+    (k1, s1), (k2, s2) = GOAL
+    a, b = row[k1][field][str(s1)], row[k2][field][str(s2)]
+    n = results.get("goal_n") if field == "fid_goal_n" else results["eval_n"]
+    return {"budget_cpu_min": row["budget_cpu_min"], "samples": n, "linearizer_1_step": a,
+            "baseline_4_steps": b, "met": a < b}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot_only is not None:
@@ -207,38 +300,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_cfg, train_cfg = recipe(args)
     n_linearizer = count(get_kind("onestep").build(model_cfg))
     baseline_cfg, n_baseline = matched_baseline(model_cfg, n_linearizer)
-    images = load_mnist("train", limit=args.limit)[0]
-    extractor = get_extractor("mnist-classifier")
-    real = feature_stats(extractor, load_mnist("test")[0])
-    x0 = torch.randn((args.eval_n, *model_cfg.image_shape), generator=torch.Generator().manual_seed(args.seed + 1))
     print(f"Linearizer {n_linearizer:,} parameters, U-Net {n_baseline:,} "
-          f"(levels {baseline_cfg.flow.depth}, width {baseline_cfg.flow.hidden}); budgets {args.budgets} CPU min",
-          flush=True)
+          f"(levels {baseline_cfg.flow.depth}, width {baseline_cfg.flow.hidden}); budgets {args.budgets} CPU min, "
+          f"{args.jobs} at once", flush=True)
 
     command = shlex.join(["python", "-m", "bench.quality_race", *(argv if argv is not None else sys.argv[1:])])
-    results: dict = {"command": command, "machine": machine_line("cpu"), "eval_n": args.eval_n,
-                     "fid_extractor": None, "real": "MNIST test split (10,000)", "budgets": [],
-                     "models": {"onestep": {"parameters": n_linearizer, "config": to_dict(model_cfg)},
-                                "fm_baseline": {"parameters": n_baseline, "config": to_dict(baseline_cfg)}}}
-    for budget in args.budgets:
-        row: dict = {"budget_cpu_min": budget}
-        for kind_name, cfg, steps_list in (("onestep", model_cfg, LINEARIZER_STEPS),
-                                           ("fm_baseline", baseline_cfg, BASELINE_STEPS)):
-            model, trained = train(kind_name, cfg, train_cfg, images, 60 * budget)
-            row[kind_name] = {**trained, "fid": {}, "cpu_s_per_1000_samples": {}}
-            for steps in steps_list:
-                out, cost = sample(kind_name, model, x0, steps)
-                scored = fid(real, out, extractor)
-                results["fid_extractor"] = scored.key
-                row[kind_name]["fid"][str(steps)] = scored.value
-                row[kind_name]["cpu_s_per_1000_samples"][str(steps)] = cost
-                save_grid(out[:64], args.out / f"{kind_name}-{budget:g}min-{steps}steps.png", nrow=8)
-                print(f"budget {budget:g} min  {kind_name:11s} {steps:3d} steps  FID {scored.value:8.2f}  "
-                      f"({trained['steps']} training steps)", flush=True)
-        results["budgets"].append(row)
-        if args.json is not None:  # after every budget: a long run keeps what it measured
+    configs = {"onestep": model_cfg, "fm_baseline": baseline_cfg}
+    counts = {"onestep": n_linearizer, "fm_baseline": n_baseline}
+    results: dict = {"command": command, "commands": [command], "machine": machine_line("cpu"),
+                     "eval_n": args.eval_n, "goal_n": args.goal_n, "fid_extractor": None,
+                     "real": "MNIST test split (10,000)", "budgets": [],
+                     "models": {k: {"parameters": counts[k], "config": to_dict(configs[k])} for k in args.kinds}}
+    if args.extend is not None:
+        results["budgets"] = earlier(args.extend, results)
+    done = {r["budget_cpu_min"] for r in results["budgets"]}
+    largest = max(args.budgets)
+    jobs = [Run(kind, configs[kind], train_cfg, budget, args.limit, args.eval_n,
+                args.goal_n if budget == largest else None, args.seed, args.out)
+            for budget in args.budgets if budget not in done for kind in args.kinds]
+
+    def record(budget: float, kind: str, row: dict, key: str) -> None:
+        if results["fid_extractor"] not in (None, key):
+            raise SystemExit(f"FID feature network changed during the race: {results['fid_extractor']} vs {key}")
+        results["fid_extractor"] = key
+        rows = {r["budget_cpu_min"]: r for r in results["budgets"]}
+        rows.setdefault(budget, {"budget_cpu_min": budget})[kind] = row
+        results["budgets"] = sorted(rows.values(), key=lambda r: r["budget_cpu_min"])
+        results["goal"] = goal(results)
+        if args.json is not None:  # after every run: a long race keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+    if args.jobs == 1:
+        for job in jobs:
+            record(*run(job))
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(run, job) for job in jobs]):
+                record(*future.result())
+    if results.get("goal"):
+        g = results["goal"]
+        print(f"goal at {g['budget_cpu_min']:g} CPU min, {g['samples']} samples: Linearizer 1 step "
+              f"{g['linearizer_1_step']:.1f} vs baseline 4 steps {g['baseline_4_steps']:.1f}: "
+              f"{'met' if g['met'] else 'not met'}", flush=True)
     if args.png is not None:
         plot(results, args.png)
     return 0

@@ -8,6 +8,7 @@ import pytest
 
 from bench.quality_race import BASELINE_STEPS, LINEARIZER_STEPS, count, main, matched_baseline
 from linearizer.config import FlowConfig, ModelConfig, OperatorConfig
+from linearizer.io import load_model
 from linearizer.kinds import get_kind
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,3 +43,27 @@ def test_race_trains_both_within_the_budget_and_scores_every_sampler(tmp_path):
     assert abs(sizes[0] - sizes[1]) <= 0.1 * sizes[0]
     assert results["fid_extractor"].startswith("mnist-classifier-v1/steps800-")
     assert (tmp_path / "race.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_extend_adds_budgets_in_parallel_and_scores_the_goal(tmp_path):
+    tiny = ["--eval-n", "8", "--limit", "64", "--batch-size", "8", "--set", "flow.hidden=8",
+            "--set", "operator.rank=2", "--out", str(tmp_path / "runs")]
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    assert main(["--budgets", "0.01", *tiny, "--json", str(first)]) == 0
+    assert main(["--budgets", "0.02", *tiny, "--jobs", "2", "--goal-n", "12", "--extend", str(first),
+                 "--json", str(second)]) == 0
+    results = json.loads(second.read_text())
+    assert [r["budget_cpu_min"] for r in results["budgets"]] == [0.01, 0.02]
+    assert len(results["commands"]) == 2 and "--extend" in results["commands"][1]
+    goal = results["goal"]
+    top = results["budgets"][1]
+    assert goal["budget_cpu_min"] == 0.02 and goal["samples"] == 12
+    assert goal["linearizer_1_step"] == top["onestep"]["fid_goal_n"]["1"]
+    assert goal["baseline_4_steps"] == top["fm_baseline"]["fid_goal_n"]["4"]
+    assert goal["met"] == (goal["linearizer_1_step"] < goal["baseline_4_steps"])
+    model, cfg = load_model(tmp_path / "runs" / "onestep-0.02min")
+    assert cfg.kind == "onestep" and count(model) == results["models"]["onestep"]["parameters"]
+    # a file measured with another protocol cannot be extended
+    with pytest.raises(SystemExit, match="eval_n differs"):
+        main(["--budgets", "0.03", *tiny[2:], "--eval-n", "9", "--extend", str(second)])
