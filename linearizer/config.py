@@ -206,7 +206,8 @@ class LossConfig:
 
     Attributes:
         s: latent noise scale of the reconstruction terms (one-step and style objectives).
-        perceptual: "mse" (offline default), "ssim" (MSE + SSIM) or "lpips" (needs local weights).
+        perceptual: "mse" (offline default), "ssim" (MSE + SSIM), "lpips" (needs local weights) or
+            "classifier" (MSE + activations of an MNIST classifier trained here; 1x32x32 only).
         weights: logged term -> its weight. The names are the model kind's loss terms
             (`KindSpec.loss_weights`: onestep latent, noise, data, pred; projective pixel,
             latent, prior_data, prior_noise; style pred, latent, content_rec, styled_rec,
@@ -215,7 +216,7 @@ class LossConfig:
     """
 
     s: float = 0.3
-    perceptual: Literal["mse", "ssim", "lpips"] = "mse"
+    perceptual: Literal["mse", "ssim", "lpips", "classifier"] = "mse"
     weights: dict[str, float] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
@@ -283,6 +284,9 @@ class ModelConfig:
 
     def validate(self, path: str) -> None:
         _check(all(s >= 1 for s in self.image_shape), f"{path}.image_shape must be positive, got {self.image_shape}")
+        _check(self.loss.perceptual != "classifier" or tuple(self.image_shape) == (1, 32, 32),
+               f"{path}.loss.perceptual='classifier' compares MNIST classifier features of 1x32x32 images, "
+               f"got image_shape {tuple(self.image_shape)}; use 'mse', 'ssim' or 'lpips'")
 
     def chw(self) -> tuple[int, int, int]:
         """`image_shape` as the `(C, H, W)` ints a model is built for.

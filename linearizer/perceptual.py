@@ -9,6 +9,13 @@ weights. Those cannot be fetched on offline machines, so the term is chosen by n
 | `"mse"` | mean squared error (the offline default) | nothing |
 | `"ssim"` | MSE + (1 - SSIM), SSIM with an 11-tap Gaussian window (sigma 1.5) | nothing |
 | `"lpips"` | LPIPS distance | the `lpips` package and its backbone weights on disk |
+| `"classifier"` | MSE + distances of the unit-normalised activations of an MNIST classifier | 1x32x32 images; the classifier is trained offline once and cached |
+
+The `"classifier"` term is LPIPS's recipe on a network this project trains itself: it compares
+every ReLU activation of `MnistClassifier`, each channel normalised to unit length over channels,
+as LPIPS does for its backbones (without LPIPS's learned per-channel weights). Its classifier is
+trained with seed 1 (`CLASSIFIER_SEED`), not seed 0 like the FID feature network, so a model
+trained with it does not optimise the very features its FID is measured in.
 
 LPIPS is never downloaded: when the package or its weights are missing, `get_perceptual("lpips")`
 raises a ValueError naming what is missing.
@@ -33,7 +40,10 @@ from .metrics.image import ssim_loss
 
 PerceptualLoss = Callable[[Tensor, Tensor], Tensor]
 
-NAMES = ("mse", "ssim", "lpips")
+NAMES = ("mse", "ssim", "lpips", "classifier")
+
+#: seed of the classifier behind `"classifier"`: a different network from the FID's (seed 0).
+CLASSIFIER_SEED = 1
 
 #: torchvision checkpoints LPIPS loads its backbone from (torch hub cache, `checkpoints/`).
 LPIPS_BACKBONES = {
@@ -112,18 +122,59 @@ class LPIPSLoss(nn.Module):
         return net(2 * x - 1, 2 * y - 1).mean()  # LPIPS expects [-1, 1]
 
 
+class ClassifierFeatureLoss(nn.Module):
+    """MSE plus the mean squared distance of a frozen MNIST classifier's normalised activations.
+
+    Args:
+        classifier: a trained `MnistClassifier` (frozen here; its weights never train).
+
+    Raises:
+        ValueError (when called): images other than `[B, 1, 32, 32]`.
+
+    Example:
+        >>> loss_fn = ClassifierFeatureLoss(load_or_train_classifier(seed=CLASSIFIER_SEED)[0])
+        >>> loss_fn(x, x_hat)                          # x, x_hat: [B, 1, 32, 32] in [0, 1]
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier.eval()
+        for p in self.classifier.parameters():
+            p.requires_grad_(False)
+
+    def activations(self, x: Tensor) -> list[Tensor]:
+        self.classifier.check_input(x)
+        h, out = (x - 0.5) / 0.5, []
+        for layer in self.classifier.body:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                # unit length over channels, as LPIPS: every layer weighs alike whatever its scale
+                out.append(h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        _check_pair(x, y)
+        self.classifier.to(device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            target = self.activations(x)
+        distance = sum((a - b).pow(2).sum(dim=1).mean() for a, b in zip(self.activations(y), target))
+        return mse(x, y) + distance / len(target)
+
+
 @functools.lru_cache(maxsize=None)
 def get_perceptual(name: str) -> PerceptualLoss:
     """The perceptual loss called `name` (cached: LPIPS weights load once).
 
     Args:
-        name: "mse", "ssim" or "lpips".
+        name: "mse", "ssim", "lpips" or "classifier".
 
     Returns:
         A callable `loss(x, y) -> scalar` over `[B, C, H, W]` batches in [0, 1].
 
     Raises:
         ValueError: an unknown name, or LPIPS without its local weights.
+
+    "classifier" trains its classifier on MNIST on first use (a few CPU minutes, then cached).
     """
     if name == "mse":
         return mse
@@ -131,5 +182,9 @@ def get_perceptual(name: str) -> PerceptualLoss:
         return mse_ssim
     if name == "lpips":
         return LPIPSLoss("alex")
+    if name == "classifier":
+        from .metrics.classifier import load_or_train_classifier  # noqa: PLC0415 - only this term needs it
+
+        return ClassifierFeatureLoss(load_or_train_classifier(seed=CLASSIFIER_SEED, progress=False)[0])
     raise ValueError(f"perceptual loss must be one of {list(NAMES)}, got {name!r}")
 

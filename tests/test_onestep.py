@@ -341,3 +341,30 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
     assert metrics["fid"].startswith("skipped")  # the offline FID network needs 1x32x32 images
     with pytest.raises(ValueError, match="onestep|rank"):
         run("train", "--out", tmp_path / "bad", "--set", "operator.rank=0")
+
+
+def test_classifier_perceptual_term_is_a_distance_with_gradients():
+    from linearizer.metrics.classifier import MnistClassifier
+    from linearizer.perceptual import ClassifierFeatureLoss
+
+    torch.manual_seed(0)
+    classifier = MnistClassifier()
+    loss_fn = ClassifierFeatureLoss(classifier)
+    x = torch.rand(4, 1, 32, 32, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    assert float(loss_fn(x, x.clone())) == pytest.approx(0.0, abs=1e-12)
+    loss = loss_fn(x, y)
+    assert float(loss.detach()) > float(get_perceptual("mse")(x, y.detach()))  # MSE plus a positive feature distance
+    loss.backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in classifier.parameters())  # frozen
+    with pytest.raises(ValueError, match=r"\[B, 1, 32, 32\]"):
+        loss_fn(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+
+
+def test_classifier_perceptual_term_is_refused_for_other_image_shapes():
+    from linearizer.config import ConfigError, FlowConfig, LossConfig, ModelConfig, validate
+
+    with pytest.raises(ConfigError, match="perceptual='classifier'.*1x32x32"):
+        validate(ModelConfig(image_shape=(3, 64, 64), flow=FlowConfig(depth=1, hidden=8),
+                             loss=LossConfig(perceptual="classifier")))

@@ -67,3 +67,20 @@ def test_extend_adds_budgets_in_parallel_and_scores_the_goal(tmp_path):
     # a file measured with another protocol cannot be extended
     with pytest.raises(SystemExit, match="eval_n differs"):
         main(["--budgets", "0.03", *tiny[2:], "--eval-n", "9", "--extend", str(second)])
+
+
+@pytest.mark.slow
+def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_path):
+    from bench import onestep_options
+
+    race = tmp_path / "race.json"
+    tiny = ["--eval-n", "8", "--limit", "64", "--out", str(tmp_path / "runs")]
+    assert main(["--budgets", "0.01", *tiny, "--batch-size", "8", "--set", "flow.hidden=8", "--json", str(race)]) == 0
+    out = tmp_path / "options.json"
+    assert onestep_options.main(["--budget", "0.01", *tiny, "--options", "paper", "ssim-perceptual",
+                                 "--race", str(race), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["baseline"]["fid"] == json.loads(race.read_text())["budgets"][0]["fm_baseline"]["fid"]
+    assert set(results["options"]) == {"paper", "ssim-perceptual"}
+    assert results["options"]["ssim-perceptual"]["config"]["loss"]["perceptual"] == "ssim"
+    assert all(o["fid"]["1"] > 0 and o["steps"] >= 1 for o in results["options"].values())

@@ -1,0 +1,95 @@
+"""Design options of the one-step Linearizer, side by side at one training budget.
+
+Every option is the main job's Linearizer and recipe with a few config overrides, trained and
+scored exactly as in the quality race (`bench/quality_race.py`: MNIST train split, CPU-second
+budget of one thread, FID of `--eval-n` one-step samples against the test split in the offline
+classifier's features, the same seed and noise). The flow-matching baseline's FIDs at the same
+budget are copied from the race's results file when it measured that budget with the same
+protocol, so each option reads against the baseline's 1-, 4- and 100-step samples.
+
+Run (the committed figures, docs/onestep.md "Design options"):
+    OMP_NUM_THREADS=1 python -m bench.onestep_options --budget 4 --eval-n 500 --jobs 2 \\
+        --json docs/results/onestep_options.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shlex
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from linearizer.config import apply_overrides, to_dict
+
+from .common import machine_line
+from .quality_race import Run, recipe, run
+
+#: name -> model config overrides; "paper" is the default objective and model.
+OPTIONS: dict[str, list[str]] = {
+    "paper": [],
+    "classifier-perceptual": ["loss.perceptual=classifier"],
+    "ssim-perceptual": ["loss.perceptual=ssim"],
+    "rank-32": ["operator.rank=32"],
+    "wider-g": ["flow.hidden=32"],
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=4.0, help="CPU minutes of one thread per option (default: 4)")
+    p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--jobs", type=int, default=1, help="options trained at once, one thread each")
+    p.add_argument("--limit", type=int, default=None, help="training digits (default: all 50,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--race", type=Path, default=Path("docs/results/quality_race.json"),
+                   help="the race's results, for the baseline at the same budget")
+    p.add_argument("--out", type=Path, default=Path("outputs/onestep_options"))
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.budget <= 0 or args.eval_n < 2 or args.jobs < 1:
+        p.error("--budget must be > 0, --eval-n >= 2, --jobs >= 1")
+    return args
+
+
+def baseline_at(race: Path, budget: float, eval_n: int) -> dict | None:
+    """The baseline's row of the race at this budget, if the race measured it with this protocol."""
+    if not race.is_file():
+        return None
+    results = json.loads(race.read_text())
+    if results.get("eval_n") != eval_n:
+        return None
+    rows = [r for r in results["budgets"] if r["budget_cpu_min"] == budget and "fm_baseline" in r]
+    return {"fid": rows[0]["fm_baseline"]["fid"], "source": str(race)} if rows else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = argparse.Namespace(set=[], train_set=[], batch_size=None, seed=args.seed)
+    model_cfg, train_cfg = recipe(base)
+    jobs = {name: Run("onestep", apply_overrides(model_cfg, OPTIONS[name]) if OPTIONS[name] else model_cfg,
+                      train_cfg, args.budget, args.limit, args.eval_n, None, args.seed, args.out / name)
+            for name in args.options}
+    command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
+    results: dict = {"command": command, "machine": machine_line("cpu"), "budget_cpu_min": args.budget,
+                     "eval_n": args.eval_n, "fid_extractor": None,
+                     "baseline": baseline_at(args.race, args.budget, args.eval_n), "options": {}}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(run, job) for name, job in jobs.items()}
+        for name, future in futures.items():
+            _, _, row, key = future.result()
+            results["fid_extractor"] = key
+            results["options"][name] = {"overrides": OPTIONS[name], "config": to_dict(jobs[name].cfg), **row}
+            print(f"{name:22s} FID {row['fid']['1']:8.1f}  ({row['steps']} steps)", flush=True)
+            if args.json is not None:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
