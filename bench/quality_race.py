@@ -205,8 +205,8 @@ def plot(results: dict, path: Path) -> None:
         for steps in steps_list:
             values = [r[key]["fid"][str(steps)] for r in rows]
             hollow = key == "onestep" and steps > 1  # equals the one-step curve: B collapses it
-            ax.plot([r["budget_cpu_min"] for r in rows], values, ":x" if hollow else style, markersize=9 if hollow else 6,
-                    label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
+            ax.plot([r["budget_cpu_min"] for r in rows], values, ":x" if hollow else style,
+                    markersize=9 if hollow else 6, label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])

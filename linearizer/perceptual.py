@@ -9,7 +9,7 @@ weights. Those cannot be fetched on offline machines, so the term is chosen by n
 | `"mse"` | mean squared error (the offline default) | nothing |
 | `"ssim"` | MSE + (1 - SSIM), SSIM with an 11-tap Gaussian window (sigma 1.5) | nothing |
 | `"lpips"` | LPIPS distance | the `lpips` package and its backbone weights on disk |
-| `"classifier"` | MSE + distances of the unit-normalised activations of an MNIST classifier | 1x32x32 images; the classifier is trained offline once and cached |
+| `"classifier"` | MSE + distances of an MNIST classifier's activations | 1x32x32 images, a classifier trained here |
 
 The `"classifier"` term is LPIPS's recipe on a network this project trains itself: it compares
 every ReLU activation of `MnistClassifier`, each channel normalised to unit length over channels,
