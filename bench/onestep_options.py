@@ -35,7 +35,11 @@ OPTIONS: dict[str, list[str]] = {
     "ssim-perceptual": ["loss.perceptual=ssim"],
     "rank-32": ["operator.rank=32"],
     "wider-g": ["flow.hidden=32"],
+    # the paper's objective on (noise, teacher sample) pairs instead of independent data and noise
+    "distilled": [],
 }
+#: options that need `--teacher`.
+NEEDS_TEACHER = {"distilled"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,16 +47,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=4.0, help="CPU minutes of one thread per option (default: 4)")
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--goal-n", type=int, default=None,
+                   help="also score the one-step samples with this many, as the race's goal does")
     p.add_argument("--jobs", type=int, default=1, help="options trained at once, one thread each")
     p.add_argument("--limit", type=int, default=None, help="training digits (default: all 50,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--race", type=Path, default=Path("docs/results/quality_race.json"),
                    help="the race's results, for the baseline at the same budget")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="a saved flow-matching model (e.g. the race's outputs/quality_race/fm_baseline-60min), "
+                        "for the distilled option")
+    p.add_argument("--teacher-steps", type=int, default=4, help="Euler steps of the teacher's samples")
+    p.add_argument("--pairs", type=int, default=10_000, help="(noise, sample) pairs the teacher makes")
     p.add_argument("--out", type=Path, default=Path("outputs/onestep_options"))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.budget <= 0 or args.eval_n < 2 or args.jobs < 1:
         p.error("--budget must be > 0, --eval-n >= 2, --jobs >= 1")
+    if NEEDS_TEACHER & set(args.options) and args.teacher is None:
+        p.error(f"options {sorted(NEEDS_TEACHER & set(args.options))} need --teacher (a saved fm_baseline model)")
+    if args.teacher is not None and not args.teacher.is_dir():
+        p.error(f"--teacher {args.teacher} is not a saved model directory")
     return args
 
 
@@ -64,7 +79,11 @@ def baseline_at(race: Path, budget: float, eval_n: int) -> dict | None:
     if results.get("eval_n") != eval_n:
         return None
     rows = [r for r in results["budgets"] if r["budget_cpu_min"] == budget and "fm_baseline" in r]
-    return {"fid": rows[0]["fm_baseline"]["fid"], "source": str(race)} if rows else None
+    if not rows:
+        return None
+    baseline = rows[0]["fm_baseline"]
+    return {"fid": baseline["fid"], "fid_goal_n": baseline.get("fid_goal_n"), "goal_n": results.get("goal_n"),
+            "steps": baseline["steps"], "source": str(race)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,16 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = argparse.Namespace(set=[], train_set=[], batch_size=None, seed=args.seed)
     model_cfg, train_cfg = recipe(base)
     jobs = {name: Run("onestep", apply_overrides(model_cfg, OPTIONS[name]) if OPTIONS[name] else model_cfg,
-                      train_cfg, args.budget, args.limit, args.eval_n, None, args.seed, args.out / name)
+                      train_cfg, args.budget, args.limit, args.eval_n, args.goal_n, args.seed, args.out / name,
+                      teacher=args.teacher if name in NEEDS_TEACHER else None,
+                      teacher_steps=args.teacher_steps, pairs=args.pairs)
             for name in args.options}
     command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
     results: dict = {"command": command, "machine": machine_line("cpu"), "budget_cpu_min": args.budget,
-                     "eval_n": args.eval_n, "fid_extractor": None,
-                     "baseline": baseline_at(args.race, args.budget, args.eval_n), "options": {}}
+                     "eval_n": args.eval_n, "goal_n": args.goal_n, "fid_extractor": None, "baseline": None,
+                     "options": {}}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(run, job) for name, job in jobs.items()}
         for name, future in futures.items():
             _, _, row, key = future.result()
+            # read after each option: a race that runs alongside may finish its baseline meanwhile
+            results["baseline"] = baseline_at(args.race, args.budget, args.eval_n)
             results["fid_extractor"] = key
             results["options"][name] = {"overrides": OPTIONS[name], "config": to_dict(jobs[name].cfg), **row}
             print(f"{name:22s} FID {row['fid']['1']:8.1f}  ({row['steps']} steps)", flush=True)

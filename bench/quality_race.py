@@ -48,7 +48,7 @@ from torch import Tensor, nn
 import linearizer.baselines  # noqa: F401 - registers the "fm_baseline" kind
 from linearizer.config import FlowConfig, ModelConfig, TrainConfig, apply_overrides, from_dict, to_dict
 from linearizer.data.mnist import load_mnist
-from linearizer.io import save_model
+from linearizer.io import load_model, save_model
 from linearizer.kinds import get_kind
 from linearizer.metrics import feature_stats, fid, get_extractor
 from linearizer.training import TensorBatches, fit
@@ -145,9 +145,12 @@ def cpu_bounded(batches: TensorBatches, deadline_cpu: float) -> Iterator[dict[st
             yield batch
 
 
-def train(kind_name: str, cfg: ModelConfig, train_cfg: TrainConfig, images: Tensor, budget_s: float
+def train(kind_name: str, cfg: ModelConfig, train_cfg: TrainConfig, data: dict[str, Tensor], budget_s: float
           ) -> tuple[nn.Module, dict]:
-    """One model trained from scratch for `budget_s` CPU seconds, its lr schedule sized to them."""
+    """One model trained from scratch for `budget_s` CPU seconds, its lr schedule sized to them.
+
+    `data` holds the batch keys: `{"image": ...}`, plus `"noise"` for pairs from a teacher.
+    """
     kind = get_kind(kind_name)
 
     def fresh() -> nn.Module:
@@ -157,7 +160,7 @@ def train(kind_name: str, cfg: ModelConfig, train_cfg: TrainConfig, images: Tens
     # What one step costs: a few timed steps of a throw-away model with the same recipe.
     probe = apply_overrides(train_cfg, [f"steps={PROBE_STEPS + 2}", "ema_decay=0", "warmup_steps=0"])
     marks: list[float] = []
-    fit(kind, fresh(), TensorBatches({"image": images}, train_cfg.batch_size, train_cfg.seed), probe,
+    fit(kind, fresh(), TensorBatches(data, train_cfg.batch_size, train_cfg.seed), probe,
         on_step=lambda record: marks.append(time.process_time()), progress=False)
     step_s = (marks[-1] - marks[1]) / (len(marks) - 2)
     steps = max(1, int(budget_s / step_s))
@@ -165,7 +168,7 @@ def train(kind_name: str, cfg: ModelConfig, train_cfg: TrainConfig, images: Tens
     model = fresh()
     cfg_t = apply_overrides(train_cfg, [f"steps={steps}"])
     start = time.process_time()
-    history = fit(kind, model, cpu_bounded(TensorBatches({"image": images}, cfg_t.batch_size, cfg_t.seed),
+    history = fit(kind, model, cpu_bounded(TensorBatches(data, cfg_t.batch_size, cfg_t.seed),
                                            start + budget_s), cfg_t, progress=True)
     used = time.process_time() - start
     model.eval()
@@ -234,15 +237,37 @@ class Run:
     goal_n: int | None
     seed: int
     out: Path
+    #: a saved flow-matching model: train on `pairs` (noise, its `teacher_steps`-step sample) instead of data
+    teacher: Path | None = None
+    teacher_steps: int = 4
+    pairs: int = 10_000
+
+
+def teacher_pairs(job: Run) -> tuple[dict[str, Tensor], dict]:
+    """Distillation data: noise and the teacher's samples from it, and what making them cost."""
+    teacher, teacher_cfg = load_model(job.teacher)
+    if teacher_cfg.kind != "fm_baseline" or tuple(teacher_cfg.image_shape) != tuple(job.cfg.image_shape):
+        raise ValueError(f"teacher {job.teacher} must be an fm_baseline model of image shape "
+                         f"{tuple(job.cfg.image_shape)}, got {teacher_cfg.kind} {tuple(teacher_cfg.image_shape)}")
+    x0 = torch.randn((job.pairs, *job.cfg.image_shape), generator=torch.Generator().manual_seed(job.seed + 2))
+    start = time.process_time()
+    x1, _ = sample("fm_baseline", teacher.eval(), x0, job.teacher_steps)
+    info = {"teacher": str(job.teacher), "teacher_steps": job.teacher_steps, "pairs": job.pairs,
+            "pairs_cpu_s": time.process_time() - start}
+    return {"image": x1.clamp(0, 1), "noise": x0}, info
 
 
 def run(job: Run) -> tuple[float, str, dict, str]:
     """Train, sample with every sampler of the kind, score, save the model: (budget, kind, row, key)."""
     torch.set_num_threads(1)
-    images = load_mnist("train", limit=job.limit)[0]
+    data, distilled = {"image": load_mnist("train", limit=job.limit)[0]}, None
+    if job.teacher is not None:
+        data, distilled = teacher_pairs(job)
     extractor = get_extractor("mnist-classifier")
     real = feature_stats(extractor, load_mnist("test")[0])
-    model, trained = train(job.kind, job.cfg, job.train_cfg, images, 60 * job.budget_min)
+    model, trained = train(job.kind, job.cfg, job.train_cfg, data, 60 * job.budget_min)
+    if distilled is not None:
+        trained["distilled"] = distilled
     save_model(model, job.cfg, job.out / f"{job.kind}-{job.budget_min:g}min")
     row = {**trained, "fid": {}, "cpu_s_per_1000_samples": {}}
     n = max(job.eval_n, job.goal_n or 0)

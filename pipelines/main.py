@@ -36,10 +36,10 @@ from .runtime import prepare_environment, run_cli
 from .tracking import RankZero, redact_uri, resolve_tracking
 from .train.driver import TrainOutcome, train
 
-#: the default job: every stage of the pipeline in ~10 minutes on 2 idle cores. The recipe is the
+#: the default job: every stage of the pipeline in ~15 minutes on 2 idle cores. The recipe is the
 #: fast one of docs/onestep.md ("Training fast on CPU"): bfloat16 conditioners, rank 8 (rank 4 drew
-#: blobs), twice the lr with warmup and cosine decay, EMA weights. At this budget the one-step
-#: samples are blurry digits, some legible; clean digits need a longer budget (`--full`, a GPU).
+#: blobs), twice the lr with warmup and cosine decay, EMA weights, and MSE + SSIM as the perceptual
+#: term (docs/onestep.md "Design options": at equal CPU time it turns blurs into legible digits).
 EMBEDDED: dict[str, Any] = {
     "name": "onestep-mnist",
     "output_dir": "runs",
@@ -47,7 +47,7 @@ EMBEDDED: dict[str, Any] = {
              "heldout_split": "test", "heldout_limit": 1000, "maxcount": 1000},
     "model": {"kind": "onestep", "image_shape": [1, 32, 32],
               "flow": {"depth": 2, "hidden": 16, "conditioner_precision": "bfloat16"}, "operator": {"rank": 8},
-              "sampler": {"method": "rk4", "steps": 100}},
+              "sampler": {"method": "rk4", "steps": 100}, "loss": {"perceptual": "ssim"}},
     "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 50,
               "ema_decay": 0.995, "grad_clip": 1.0, "log_every": 10, "sample_every": 250,
               "checkpoint_every": 500},

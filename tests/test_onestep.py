@@ -368,3 +368,19 @@ def test_classifier_perceptual_term_is_refused_for_other_image_shapes():
     with pytest.raises(ConfigError, match="perceptual='classifier'.*1x32x32"):
         validate(ModelConfig(image_shape=(3, 64, 64), flow=FlowConfig(depth=1, hidden=8),
                              loss=LossConfig(perceptual="classifier")))
+
+
+def test_paired_noise_batches_train_on_their_own_noise():
+    """A "noise" key pairs each image with the noise it came from (distillation from a teacher)."""
+    from linearizer.kinds import get_kind
+
+    model, kind = tiny_model(dtype=torch.float64), get_kind("onestep")
+    x1 = torch.rand(6, *SHAPE, dtype=torch.float64)
+    x0 = torch.randn(6, *SHAPE, dtype=torch.float64)
+    paired, _ = kind.loss(model, {"image": x1, "noise": x0}, torch.Generator().manual_seed(0))
+    direct, _ = onestep_loss(model, x1, torch.Generator().manual_seed(0), x0=x0)
+    other, _ = kind.loss(model, {"image": x1, "noise": -x0}, torch.Generator().manual_seed(0))
+    paired, direct, other = float(paired.detach()), float(direct.detach()), float(other.detach())
+    assert paired == direct and paired != other
+    with pytest.raises(ValueError, match="paired noise x0 must have the shape of x1"):
+        onestep_loss(model, x1, x0=x0[:3])

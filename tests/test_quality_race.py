@@ -77,10 +77,15 @@ def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_pa
     tiny = ["--eval-n", "8", "--limit", "64", "--out", str(tmp_path / "runs")]
     assert main(["--budgets", "0.01", *tiny, "--batch-size", "8", "--set", "flow.hidden=8", "--json", str(race)]) == 0
     out = tmp_path / "options.json"
-    assert onestep_options.main(["--budget", "0.01", *tiny, "--options", "paper", "ssim-perceptual",
+    teacher = tmp_path / "runs" / "fm_baseline-0.01min"  # the race saves every model it trains
+    assert onestep_options.main(["--budget", "0.01", *tiny, "--options", "paper", "ssim-perceptual", "distilled",
+                                 "--teacher", str(teacher), "--teacher-steps", "2", "--pairs", "64",
                                  "--race", str(race), "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["baseline"]["fid"] == json.loads(race.read_text())["budgets"][0]["fm_baseline"]["fid"]
-    assert set(results["options"]) == {"paper", "ssim-perceptual"}
+    assert set(results["options"]) == {"paper", "ssim-perceptual", "distilled"}
     assert results["options"]["ssim-perceptual"]["config"]["loss"]["perceptual"] == "ssim"
+    distilled = results["options"]["distilled"]["distilled"]
+    assert distilled["pairs"] == 64 and distilled["teacher_steps"] == 2 and distilled["pairs_cpu_s"] > 0
+    assert "distilled" not in results["options"]["paper"]
     assert all(o["fid"]["1"] > 0 and o["steps"] >= 1 for o in results["options"].values())

@@ -73,7 +73,8 @@ class OneStepKind(ImageKind):
 
     def loss(self, model: OneStepLinearizer, batch: dict[str, Tensor],
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-        return onestep_loss(model, batch["image"], generator)
+        # "noise" (optional): the noise each image was drawn from, for distillation from a teacher
+        return onestep_loss(model, batch["image"], generator, x0=batch.get("noise"))
 
     def initialize(self, model: OneStepLinearizer, batch: dict[str, Tensor]) -> None:
         model.initialize(batch["image"])

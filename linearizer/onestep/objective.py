@@ -70,7 +70,7 @@ def _decode(model: OneStepLinearizer, z0: Tensor, *z1s: Tensor) -> tuple[Tensor,
 
 
 def onestep_loss(model: OneStepLinearizer, x1: Tensor, generator: torch.Generator | None = None,
-                 cfg: LossConfig | None = None) -> tuple[Tensor, dict[str, float]]:
+                 cfg: LossConfig | None = None, x0: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The training loss of one batch and its four terms.
 
     Args:
@@ -78,6 +78,10 @@ def onestep_loss(model: OneStepLinearizer, x1: Tensor, generator: torch.Generato
         x1: data `[B, C, H, W]` in [0, 1].
         generator: source of `x0`, `t`, `n0`, `n1` (None: torch's global generator).
         cfg: weights, `s` and the perceptual term; default `model.cfg.loss`.
+        x0: the noise paired with each `x1` (None: fresh independent noise, the paper's
+            objective). Pairs from a trained sampler, `x1 = teacher(x0)`, make this a
+            distillation: the path's end is then a function of its start, so the regression
+            has one target per noise instead of the blur of all data.
 
     Returns:
         `(loss, terms)`: the weighted scalar sum, and the unweighted float value of each term
@@ -89,7 +93,10 @@ def onestep_loss(model: OneStepLinearizer, x1: Tensor, generator: torch.Generato
     perceptual = get_perceptual(cfg.perceptual)
     B = x1.shape[0]
     device = generator.device if generator is not None else x1.device
-    x0 = noise_like(x1, generator)
+    if x0 is None:
+        x0 = noise_like(x1, generator)
+    elif x0.shape != x1.shape:
+        raise ValueError(f"paired noise x0 must have the shape of x1 {tuple(x1.shape)}, got {tuple(x0.shape)}")
     t = torch.rand(B, generator=generator, dtype=x1.dtype, device=device).to(x1.device)
 
     z0, z1 = _encode(model, x0, x1)

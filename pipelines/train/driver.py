@@ -30,6 +30,7 @@ from torch import nn
 from linearizer.config import ModelConfig, to_dict
 from linearizer.io import save_model
 from linearizer.kinds import ModelKind, get_kind
+from linearizer.perceptual import get_perceptual
 
 from ..config import JobConfig, config_hash, deepspeed_settings, dump_job_config, load_job_config
 from ..runtime import job_parser, prepare_environment, ray_session, resolve_local, run_cli, worker_env
@@ -249,6 +250,9 @@ def train(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     check_storage(cfg.resolved_storage_path())
     check_tracking_server(resolve_tracking(cfg)[0])
     ensure_shards(cfg)
+    if cfg.model.loss.perceptual == "classifier":
+        # its classifier is trained on first use and cached: once here, not by every worker at once
+        get_perceptual("classifier")
     dump_job_config(cfg, run_dir / "config.json")
     run = start_run(cfg, tags={"linearizer.kind": kind.name, "linearizer.config_hash": config_hash(cfg)})
     log = RankZero(0, run.tracking_uri, run.run_id)
