@@ -7,6 +7,9 @@ classifier's features, the same seed and noise). The flow-matching baseline's FI
 budget are copied from the race's results file when it measured that budget with the same
 protocol, so each option reads against the baseline's 1-, 4- and 100-step samples.
 
+An existing `--json` of the same budget and protocol keeps its other options, so options can be
+added one run at a time.
+
 Run (the committed figures, docs/onestep.md "Design options"):
     OMP_NUM_THREADS=1 python -m bench.onestep_options --budget 4 --eval-n 500 --jobs 2 \\
         --json docs/results/onestep_options.json
@@ -28,15 +31,17 @@ from linearizer.config import apply_overrides, to_dict
 from .common import machine_line
 from .quality_race import Run, recipe, run
 
-#: name -> model config overrides; "paper" is the default objective and model.
+#: name -> model config overrides of the main job's Linearizer. Each names its perceptual term,
+#: so an option means the same whatever the main job's default is.
 OPTIONS: dict[str, list[str]] = {
-    "paper": [],
+    "paper": ["loss.perceptual=mse"],
     "classifier-perceptual": ["loss.perceptual=classifier"],
     "ssim-perceptual": ["loss.perceptual=ssim"],
-    "rank-32": ["operator.rank=32"],
-    "wider-g": ["flow.hidden=32"],
+    "rank-32": ["loss.perceptual=mse", "operator.rank=32"],
+    "wider-g": ["loss.perceptual=mse", "flow.hidden=32"],
+    "ssim-rank-32": ["loss.perceptual=ssim", "operator.rank=32"],
     # the paper's objective on (noise, teacher sample) pairs instead of independent data and noise
-    "distilled": [],
+    "distilled": ["loss.perceptual=mse"],
 }
 #: options that need `--teacher`.
 NEEDS_TEACHER = {"distilled"}
@@ -45,7 +50,8 @@ NEEDS_TEACHER = {"distilled"}
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=4.0, help="CPU minutes of one thread per option (default: 4)")
-    p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    p.add_argument("--options", nargs="+", default=None, choices=list(OPTIONS),
+                   help="default: all (the distilled one only with --teacher)")
     p.add_argument("--eval-n", type=int, default=500)
     p.add_argument("--goal-n", type=int, default=None,
                    help="also score the one-step samples with this many, as the race's goal does")
@@ -61,9 +67,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=10_000, help="(noise, sample) pairs the teacher makes")
     p.add_argument("--out", type=Path, default=Path("outputs/onestep_options"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--png", type=Path, default=None, help="the options' one-step grids side by side, with FIDs")
+    p.add_argument("--plot-only", action="store_true", help="only draw --png from --json")
     args = p.parse_args(argv)
     if args.budget <= 0 or args.eval_n < 2 or args.jobs < 1:
         p.error("--budget must be > 0, --eval-n >= 2, --jobs >= 1")
+    if args.options is None:
+        args.options = [name for name in OPTIONS if name not in NEEDS_TEACHER or args.teacher is not None]
     if NEEDS_TEACHER & set(args.options) and args.teacher is None:
         p.error(f"options {sorted(NEEDS_TEACHER & set(args.options))} need --teacher (a saved fm_baseline model)")
     if args.teacher is not None and not args.teacher.is_dir():
@@ -86,31 +96,70 @@ def baseline_at(race: Path, budget: float, eval_n: int) -> dict | None:
             "steps": baseline["steps"], "source": str(race)}
 
 
+def plot(results: dict, out: Path, path: Path) -> None:
+    """One panel per option: its one-step sample grid (from `out`), titled with its FID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(results["options"], key=lambda name: results["options"][name]["fid"]["1"])
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        grid = out / name / f"onestep-{results['budget_cpu_min']:g}min-1steps.png"
+        if grid.is_file():
+            ax.imshow(plt.imread(grid), cmap="gray")
+        ax.set_title(f"{name}\nFID {results['options'][name]['fid']['1']:.0f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"one step, {results['budget_cpu_min']:g} CPU minutes each, FID of {results['eval_n']} samples",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_only:
+        if args.json is None or args.png is None:
+            raise SystemExit("--plot-only needs --json and --png")
+        plot(json.loads(args.json.read_text()), args.out, args.png)
+        return 0
     base = argparse.Namespace(set=[], train_set=[], batch_size=None, seed=args.seed)
     model_cfg, train_cfg = recipe(base)
-    jobs = {name: Run("onestep", apply_overrides(model_cfg, OPTIONS[name]) if OPTIONS[name] else model_cfg,
+    jobs = {name: Run("onestep", apply_overrides(model_cfg, OPTIONS[name]),
                       train_cfg, args.budget, args.limit, args.eval_n, args.goal_n, args.seed, args.out / name,
                       teacher=args.teacher if name in NEEDS_TEACHER else None,
                       teacher_steps=args.teacher_steps, pairs=args.pairs)
             for name in args.options}
     command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
-    results: dict = {"command": command, "machine": machine_line("cpu"), "budget_cpu_min": args.budget,
+    results: dict = {"command": command, "commands": [command], "machine": machine_line("cpu"), "budget_cpu_min": args.budget,
                      "eval_n": args.eval_n, "goal_n": args.goal_n, "fid_extractor": None, "baseline": None,
                      "options": {}}
+    if args.json is not None and args.json.is_file():  # add to the options already measured there
+        old = json.loads(args.json.read_text())
+        if (old.get("budget_cpu_min"), old.get("eval_n")) == (args.budget, args.eval_n):
+            results["options"] = {k: v for k, v in old["options"].items() if k not in jobs}
+            results["commands"] = old.get("commands", [old["command"]]) + [command]
+            results["fid_extractor"] = old["fid_extractor"]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(run, job) for name, job in jobs.items()}
         for name, future in futures.items():
             _, _, row, key = future.result()
             # read after each option: a race that runs alongside may finish its baseline meanwhile
             results["baseline"] = baseline_at(args.race, args.budget, args.eval_n)
+            if results["fid_extractor"] not in (None, key):
+                raise SystemExit(f"{args.json} was scored in other features ({results['fid_extractor']}); "
+                                 f"write to a new file")
             results["fid_extractor"] = key
             results["options"][name] = {"overrides": OPTIONS[name], "config": to_dict(jobs[name].cfg), **row}
             print(f"{name:22s} FID {row['fid']['1']:8.1f}  ({row['steps']} steps)", flush=True)
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.png is not None:
+        plot(results, args.out, args.png)
     return 0
 
 

@@ -88,4 +88,11 @@ def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_pa
     distilled = results["options"]["distilled"]["distilled"]
     assert distilled["pairs"] == 64 and distilled["teacher_steps"] == 2 and distilled["pairs_cpu_s"] > 0
     assert "distilled" not in results["options"]["paper"]
+    # a later run adds its options to the same file
+    assert onestep_options.main(["--budget", "0.01", *tiny, "--options", "rank-32",
+                                 "--race", str(race), "--json", str(out), "--png", str(tmp_path / "o.png")]) == 0
+    merged = json.loads(out.read_text())
+    assert set(merged["options"]) == {"paper", "ssim-perceptual", "distilled", "rank-32"}
+    assert merged["options"]["paper"] == results["options"]["paper"] and len(merged["commands"]) == 2
+    assert (tmp_path / "o.png").stat().st_size > 0
     assert all(o["fid"]["1"] > 0 and o["steps"] >= 1 for o in results["options"].values())
