@@ -45,7 +45,8 @@ def rows_for(A, d: int, source: str, tols: Sequence[float], args, model=None) ->
     """One row per tolerance; the exact build (tol 0) first, as the reference of the errors."""
     g = torch.Generator().manual_seed(args.seed + 1)
     z = torch.randn(args.codes, d, generator=g, dtype=torch.float64)
-    x0 = torch.randn(args.images, *model.image_shape, generator=g) if model is not None else None
+    x0 = (torch.randn(args.images, *model.image_shape, generator=g, dtype=torch.float64)
+          if model is not None else None)  # the model runs in float64 (main)
     multi = None
     if model is not None:
         with torch.no_grad():
