@@ -69,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None, help="the options' one-step grids side by side, with FIDs")
     p.add_argument("--plot-only", action="store_true", help="only draw --png from --json")
+    p.add_argument("--refresh-baseline", action="store_true",
+                   help="only copy the baseline's row from --race into --json (a race that finished later)")
     args = p.parse_args(argv)
     if args.budget <= 0 or args.eval_n < 2 or args.jobs < 1:
         p.error("--budget must be > 0, --eval-n >= 2, --jobs >= 1")
@@ -121,6 +123,15 @@ def plot(results: dict, out: Path, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.refresh_baseline:
+        if args.json is None or not args.json.is_file():
+            raise SystemExit("--refresh-baseline needs an existing --json")
+        results = json.loads(args.json.read_text())
+        results["baseline"] = baseline_at(args.race, results["budget_cpu_min"], results["eval_n"])
+        results.setdefault("commands", [results["command"]]).append(
+            shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])]))
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0 if results["baseline"] is not None else 1
     if args.plot_only:
         if args.json is None or args.png is None:
             raise SystemExit("--plot-only needs --json and --png")

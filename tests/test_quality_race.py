@@ -95,4 +95,10 @@ def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_pa
     assert set(merged["options"]) == {"paper", "ssim-perceptual", "distilled", "rank-32"}
     assert merged["options"]["paper"] == results["options"]["paper"] and len(merged["commands"]) == 2
     assert (tmp_path / "o.png").stat().st_size > 0
+    # a race that finishes after the options: its baseline is copied in afterwards
+    merged["baseline"] = None
+    out.write_text(json.dumps(merged))
+    assert onestep_options.main(["--refresh-baseline", "--race", str(race), "--json", str(out)]) == 0
+    refreshed = json.loads(out.read_text())
+    assert refreshed["baseline"]["fid"] == results["baseline"]["fid"] and len(refreshed["commands"]) == 3
     assert all(o["fid"]["1"] > 0 and o["steps"] >= 1 for o in results["options"].values())
