@@ -87,6 +87,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="keep the budgets of this earlier results file (same models and protocol) and add new ones")
     p.add_argument("--goal-n", type=int, default=None,
                    help="also score Linearizer 1-step and baseline 4-step at the largest budget with this many samples")
+    p.add_argument("--overlay", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="bench.onestep_options results whose --overlay-option to draw on the plot too")
+    p.add_argument("--overlay-option", default="ssim-perceptual")
     p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
                    help="only draw --png from the results JSON of an earlier (possibly interrupted) run")
     args = p.parse_args(argv)
@@ -192,7 +195,9 @@ def sample(kind_name: str, model: nn.Module, x0: Tensor, steps: int, batch: int 
     return out, 1000 * (time.process_time() - start) / x0.shape[0]
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, overlays: Sequence[Path] = (), option: str = "ssim-perceptual") -> None:
+    """FID against budget, a line per sampler; `overlays` (bench.onestep_options results) add the
+    one-step FID of `option` at their budgets."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,6 +215,10 @@ def plot(results: dict, path: Path) -> None:
             hollow = key == "onestep" and steps > 1  # equals the one-step curve: B collapses it
             ax.plot([r["budget_cpu_min"] for r in rows], values, ":x" if hollow else style,
                     markersize=9 if hollow else 6, label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
+    points = sorted((o["budget_cpu_min"], o["options"][option]["fid"]["1"])
+                    for o in (json.loads(Path(f).read_text()) for f in overlays) if option in o["options"])
+    if points:
+        ax.plot(*zip(*points), "-D", color="black", label=f"Linearizer, 1 step, {option}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
@@ -319,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot_only is not None:
         if args.png is None:
             raise SystemExit("--plot-only needs --png")
-        plot(json.loads(args.plot_only.read_text()), args.png)
+        plot(json.loads(args.plot_only.read_text()), args.png, args.overlay, args.overlay_option)
         return 0
     torch.set_num_threads(1)
     model_cfg, train_cfg = recipe(args)
@@ -369,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{g['linearizer_1_step']:.1f} vs baseline 4 steps {g['baseline_4_steps']:.1f}: "
               f"{'met' if g['met'] else 'not met'}", flush=True)
     if args.png is not None:
-        plot(results, args.png)
+        plot(results, args.png, args.overlay, args.overlay_option)
     return 0
 
 
