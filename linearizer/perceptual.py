@@ -143,8 +143,7 @@ class ClassifierFeatureLoss(nn.Module):
             p.requires_grad_(False)
 
     def activations(self, x: Tensor) -> list[Tensor]:
-        self.classifier.check_input(x)
-        h, out = (x - 0.5) / 0.5, []
+        h, out = self.classifier.inputs(x), []
         for layer in self.classifier.body:
             h = layer(h)
             if isinstance(layer, nn.ReLU):

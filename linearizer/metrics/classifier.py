@@ -82,11 +82,15 @@ class MnistClassifier(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{NAME} expects floating-point images in [0, 1], got {x.dtype}")
 
-    def features(self, x: Tensor) -> Tensor:
-        """The penultimate (post-ReLU) `[B, 128]` features of `[B, 1, 32, 32]` images in [0, 1]."""
+    def inputs(self, x: Tensor) -> Tensor:
+        """`[B, 1, 32, 32]` images in [0, 1], checked, on the network's device and dtype, in [-1, 1]."""
         self.check_input(x)
         w = self.head.weight
-        return self.body((x.to(device=w.device, dtype=w.dtype) - 0.5) / 0.5)
+        return (x.to(device=w.device, dtype=w.dtype) - 0.5) / 0.5
+
+    def features(self, x: Tensor) -> Tensor:
+        """The penultimate (post-ReLU) `[B, 128]` features of `[B, 1, 32, 32]` images in [0, 1]."""
+        return self.body(self.inputs(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits `[B, 10]`."""
