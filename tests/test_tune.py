@@ -21,8 +21,9 @@ from linearizer.kinds import get_kind
 from pipelines.shards import mnist_samples, write_shards
 from pipelines.tune.config import (SweepConfig, asha_max_t, max_concurrent_trials, report_steps, sweep_hash,
                                    trial_count, trial_job)
-from pipelines.tune.summary import (TrialRow, best_trial, heatmap_cells, plot_heatmap, trial_rows,
-                                    write_results_csv)
+from pipelines.tracking import TrackingRun
+from pipelines.tune.summary import (EARLY_STOP_TAG, TrialRow, best_trial, close_trial_runs, fail_unless_closed,
+                                    heatmap_cells, plot_heatmap, trial_rows, write_results_csv)
 from pipelines.train.validation import ValidationConfig, Validator
 from tests.toy_kind import ONESTEP_MODEL, TOY_MODEL
 
@@ -335,6 +336,33 @@ def test_trial_rows_tell_stopped_from_completed_and_interrupted(tmp_path):
 # --------------------------------------------------------------------------------------------
 # A real sweep
 # --------------------------------------------------------------------------------------------
+
+
+def test_a_stopped_trials_late_failure_does_not_overwrite_the_drivers_killed(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store.tracking_uri)
+    experiment = client.create_experiment("late-failure")
+    ids = {name: client.create_run(experiment).info.run_id for name in ("stopped", "errored", "raced")}
+    run = {name: TrackingRun(mlflow_store.tracking_uri, experiment, run_id, resumed=False) for name, run_id in ids.items()}
+    rows = [TrialRow(name, ids[name], 2, 1, 1e-3, "stopped" if name != "errored" else "error", 4, 1, 0.5,
+                     math.nan, "") for name in ids]
+
+    # The trial that errors before the driver looks is FAILED, by the trial itself.
+    assert fail_unless_closed(run["errored"])
+    # A stopped trial that wrote FAILED as it unwound, before the driver's pass: the driver rules.
+    client.set_terminated(ids["raced"], status="FAILED")
+    close_trial_runs(rows, mlflow_store.tracking_uri)
+    # After the driver's pass, a stopped trial's late failure writes nothing...
+    assert not fail_unless_closed(run["stopped"])
+    # ...and one that read its run as open just before the pass and wrote after it is put right
+    # by the driver's second pass.
+    client.set_terminated(ids["stopped"], status="FAILED")
+    close_trial_runs(rows, mlflow_store.tracking_uri)
+    for name, status in (("stopped", "KILLED"), ("raced", "KILLED"), ("errored", "FAILED")):
+        got = client.get_run(ids[name])
+        assert got.info.status == status, name
+        assert (got.data.tags.get(EARLY_STOP_TAG) == "true") == (status == "KILLED")
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -223,6 +223,22 @@ def close_trial_runs(rows: list[TrialRow], tracking_uri: str) -> None:
             client.set_terminated(row.run_id, status=final[row.status])
 
 
+def fail_unless_closed(run: TrackingRun) -> bool:
+    """Mark a trial's run FAILED unless the sweep's driver already closed it.
+
+    Returns:
+        Whether the run was marked FAILED.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run.tracking_uri)
+    info = client.get_run(run.run_id)
+    if info.info.status != "RUNNING" or EARLY_STOP_TAG in info.data.tags:
+        return False
+    client.set_terminated(run.run_id, status="FAILED")
+    return True
+
+
 def trial_run_ids(tracking_uri: str, experiment_id: str, parent_run_id: str) -> dict[str, str]:
     """Trial id -> MLflow run id of the sweep's trial runs (the latest run per trial)."""
     from mlflow.tracking import MlflowClient
@@ -274,6 +290,16 @@ def summarize(cfg: SweepConfig, trials: list[Any], parent: TrackingRun, kind: Mo
     the best model; fills `outcome` in place."""
     rows = trial_rows(cfg, trials, trial_run_ids(parent.tracking_uri, parent.experiment_id, parent.run_id))
     close_trial_runs(rows, parent.tracking_uri)
+    try:
+        _summarize_rows(cfg, rows, parent, kind, out_dir, outcome)
+    finally:
+        # Again, once the stopped trials' processes have had the summary's time to end: one may
+        # have read its run as open just before the first pass closed it, and written FAILED after.
+        close_trial_runs(rows, parent.tracking_uri)
+
+
+def _summarize_rows(cfg: SweepConfig, rows: list[TrialRow], parent: TrackingRun, kind: ModelKind, out_dir: Path,
+                    outcome: SweepOutcome) -> None:
     log = RankZero(0, parent.tracking_uri, parent.run_id)
     outcome.results_csv = str(write_results_csv(rows, out_dir / "results.csv"))
     log.log_artifact(outcome.results_csv)

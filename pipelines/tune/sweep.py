@@ -40,7 +40,7 @@ from ..tracking import TrackingRun, check_tracking_server, end_run, redact, reso
 from .config import (PARENT_TAG, SWEEP_HASH_TAG, SWEEP_RUN_TAG, SWEEP_TAG, TRIAL_CPU, TRIAL_TAG, SweepConfig,
                           asha_max_t, load_sweep_config, max_concurrent_trials, sweep_from_dict, sweep_hash,
                           trial_count, trial_job)
-from .summary import SweepOutcome, summarize
+from .summary import SweepOutcome, fail_unless_closed, summarize
 from ..train.validation import LOOP_KEY
 
 
@@ -102,7 +102,9 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         if result.error is not None:
             raise result.error
     except BaseException:
-        end_run(run, "FAILED")
+        # ASHA's stop ends this process while fit() is still unwinding; the driver then owns the
+        # run's final status (KILLED) and a late FAILED from here must not overwrite it.
+        fail_unless_closed(run)
         raise
     end_run(run, "FINISHED")
 
