@@ -40,11 +40,15 @@ OPTIONS: dict[str, list[str]] = {
     "rank-32": ["loss.perceptual=mse", "operator.rank=32"],
     "wider-g": ["loss.perceptual=mse", "flow.hidden=32"],
     "ssim-rank-32": ["loss.perceptual=ssim", "operator.rank=32"],
+    # Glow's multi-scale split: a second (third) level of `depth` blocks on half the channels at 8x8 (4x4)
+    "ssim-multiscale": ["loss.perceptual=ssim", "flow.scales=2"],
+    "ssim-multiscale-3": ["loss.perceptual=ssim", "flow.scales=3"],
     # the paper's objective on (noise, teacher sample) pairs instead of independent data and noise
     "distilled": ["loss.perceptual=mse"],
+    "distilled-ssim": ["loss.perceptual=ssim"],
 }
 #: options that need `--teacher`.
-NEEDS_TEACHER = {"distilled"}
+NEEDS_TEACHER = {"distilled", "distilled-ssim"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -60,6 +60,11 @@ class FlowConfig:
             convolutions in bfloat16 (autocast, channels-last) while every invertible map stays
             float32, so inversion and the collapse stay exact. About 3x faster training on CPUs
             with AMX / AVX512-BF16 (docs/benchmarks.md); part of the model, so sampling uses it too.
+        scales: levels of a multi-scale network (images only). 1 is the paper's single level;
+            each further level takes half the channels the level before kept, squeezes them to
+            half the resolution and runs `depth` more blocks on them, the other half passing
+            through (Glow's split; the latent keeps the data's shape). H and W must halve
+            `scales` times (once more for an odd channel count).
     """
 
     depth: int = 4
@@ -68,6 +73,7 @@ class FlowConfig:
     clamp: float = 2.0
     shared: bool = True
     conditioner_precision: Literal["float32", "bfloat16"] = "float32"
+    scales: int = 1
 
     def __post_init__(self) -> None:
         # Checked at construction too, not only when loaded: build_flow(shape, FlowConfig(depth=0))
@@ -78,6 +84,7 @@ class FlowConfig:
         _check(self.depth >= 1, f"{path}.depth must be >= 1, got {self.depth}")
         _check(self.hidden >= 1, f"{path}.hidden must be >= 1, got {self.hidden}")
         _check(self.clamp > 0, f"{path}.clamp must be > 0, got {self.clamp}")
+        _check(self.scales >= 1, f"{path}.scales must be >= 1, got {self.scales}")
 
 
 @dataclass

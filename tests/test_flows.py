@@ -21,7 +21,9 @@ from linearizer.flows import (
     AffineCoupling,
     InvConv1x1,
     InvertibleModule,
+    Flow,
     MLPConditioner,
+    Split,
     Squeeze,
     UNetConditioner,
     Unsqueeze,
@@ -63,6 +65,10 @@ CASES = [
     Case("flow_vector", lambda: build_flow((6,), CFG), (6,), (0, 1), ("shape=(6,)", "conditioner=mlp")),
     Case("flow_odd_channels", lambda: build_flow((1, 4, 4), CFG), (1, 4, 4), (0, 1),
          ("shape=(1, 4, 4)", "num_blocks=10", "Squeeze", "Unsqueeze", "num_channels=4")),
+    Case("split", lambda: Split(Flow([Squeeze(), ActNorm(8, num_roles=2), InvConv1x1(8), Unsqueeze()]), 2),
+         (3, 4, 4), (0, 1), ("channels=2 transformed",)),
+    Case("flow_multiscale", lambda: build_flow((1, 8, 8), FlowConfig(depth=1, hidden=8, scales=3)), (1, 8, 8), (0, 1),
+         ("Split", "channels=2 transformed", "channels=4 transformed", "num_channels=16")),
     Case("flow_single_role", lambda: build_flow((2, 4, 4), CFG, num_roles=1), (2, 4, 4), (None,), ("num_roles=1",)),
 ]
 CASE_IDS = [c.name for c in CASES]
@@ -459,6 +465,37 @@ def test_flow_rejects_wrong_shapes():
         build_flow((2, 3), CFG)
     with pytest.raises(ConfigError, match="'mlp' is for flat"):
         build_flow((2, 8, 8), FlowConfig(conditioner="mlp"))
+
+
+def test_multiscale_levels_halve_the_resolution_and_pass_half_the_channels_through():
+    flow = build_flow((2, 8, 8), FlowConfig(depth=1, hidden=8, scales=2))
+    split = flow.blocks[-1]
+    assert isinstance(split, Split) and split.channels == 1
+    inner = split.inner.blocks[1:-1]  # between its squeeze and unsqueeze: one level at 4x4
+    assert [type(b).__name__ for b in inner] == ["ActNorm", "AffineCoupling", "AffineCoupling", "InvConv1x1"]
+    assert inner[0].num_features == 4
+    flat = sum(p.numel() for p in build_flow((2, 8, 8), FlowConfig(depth=1, hidden=8)).parameters())
+    assert sum(p.numel() for p in flow.parameters()) > flat  # the second level adds blocks
+    # The passed-through channel is the first level's output, untouched by the second level.
+    x = torch.randn(3, 2, 8, 8)
+    with torch.no_grad():
+        z, _ = flow(x, 1)
+        first = Flow(list(flow.blocks[:-1]))(x, 1)[0]
+    assert torch.equal(z[:, 1:], first[:, 1:]) and not torch.allclose(z[:, :1], first[:, :1])
+
+
+def test_multiscale_rejects_what_it_cannot_halve():
+    with pytest.raises(ValueError, match=r"squeezed 2x2 first and flow.scales=2 halves them 1 more time\(s\), "
+                                         r"so H and W must be divisible by 4; got shape \(1, 8, 6\)"):
+        build_flow((1, 8, 6), FlowConfig(depth=1, hidden=8, scales=2))
+    with pytest.raises(ValueError, match=r"flow.scales=3 .* divisible by 4; got shape \(2, 4, 6\)"):
+        build_flow((2, 4, 6), FlowConfig(depth=1, hidden=8, scales=3))
+    with pytest.raises(ConfigError, match=r"scales > 1 needs image data"):
+        build_flow((6,), FlowConfig(depth=1, hidden=8, scales=2))
+    with pytest.raises(ConfigError, match=r"scales must be >= 1, got 0"):
+        FlowConfig(scales=0)
+    with pytest.raises(ValueError, match=r"Split.forward .* C > 2"):
+        Split(Flow([]), 2)(torch.randn(1, 2, 4, 4))
 
 
 def test_shared_flow_conditions_on_the_role():

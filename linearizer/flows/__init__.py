@@ -14,6 +14,7 @@ from .conditioners import MLPConditioner, UNetConditioner
 from .conv1x1 import InvConv1x1
 from .coupling import AffineCoupling
 from .flow import Flow, build_flow, build_maps
+from .split import Split
 from .squeeze import Squeeze, Unsqueeze
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "InvertibleModule",
     "MLPConditioner",
     "Role",
+    "Split",
     "Squeeze",
     "UNetConditioner",
     "Unsqueeze",

@@ -3,7 +3,8 @@
 `build_flow` assembles the paper's architecture: `depth` blocks of
 ActNorm -> coupling -> coupling(swap) -> 1x1 conv, with a 2x2 squeeze before the blocks (and an
 unsqueeze after them) when the channel count is odd, so a coupling has channels to split and the
-latent keeps the image's shape. `build_maps` binds the result to the two roles of a Linearizer.
+latent keeps the image's shape. With `scales` > 1 each further level runs `depth` blocks on half
+the channels at half the resolution (`Split`). `build_maps` binds the result to the two roles of a Linearizer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .actnorm import ActNorm
 from .base import InvertibleMap, InvertibleModule, Role
 from .conv1x1 import InvConv1x1
 from .coupling import AffineCoupling
+from .split import Split
 from .squeeze import Squeeze, Unsqueeze
 
 
@@ -75,15 +77,15 @@ def build_flow(shape: Sequence[int], cfg: FlowConfig, num_roles: int = 2) -> Flo
     Args:
         shape: `(C, H, W)` for images (U-Net conditioners) or `(d,)` for vectors (MLP
             conditioners, whatever `cfg.conditioner` says).
-        cfg: depth, conditioner width and precision, clamp.
+        cfg: depth, conditioner width and precision, clamp, scales.
         num_roles: roles the network serves (2: one network for `g_y` = role 0 and `g_x` = role 1).
 
     Returns:
         A `Flow` that checks its input shape; the latent has the input's shape.
 
     Raises:
-        ValueError: a malformed shape, an odd channel count with odd H or W, fewer than 2 vector
-            features; ConfigError: the "mlp" conditioner asked for images.
+        ValueError: a malformed shape, H or W that the squeezes cannot halve, fewer than 2 vector
+            features; ConfigError: the "mlp" conditioner asked for images, `scales` > 1 for vectors.
 
     Example:
         >>> flow = build_flow((1, 32, 32), FlowConfig(depth=4, hidden=32))
@@ -99,14 +101,28 @@ def build_flow(shape: Sequence[int], cfg: FlowConfig, num_roles: int = 2) -> Flo
             raise ConfigError(f"flow.conditioner must be 'unet' for image shape {shape}, got {cfg.conditioner!r} "
                               f"('mlp' is for flat (d,) data)")
         channels, conditioner = shape[0], "unet"
+    if cfg.scales > 1 and len(shape) == 1:
+        raise ConfigError(f"flow.scales > 1 needs image data (it halves H and W), got flat shape {shape}")
     squeeze = len(shape) == 3 and channels % 2 == 1
+    halvings = int(squeeze) + cfg.scales - 1
+    if len(shape) == 3 and (shape[1] % 2**halvings or shape[2] % 2**halvings):
+        why = ["an image with an odd channel count is squeezed 2x2 first"] if squeeze else []
+        why += [f"flow.scales={cfg.scales} halves them {cfg.scales - 1} more time(s)"] if cfg.scales > 1 else []
+        need = "even" if halvings == 1 else f"divisible by {2**halvings}"
+        raise ValueError(f"{' and '.join(why)}, so H and W must be {need}; got shape {shape}")
     if squeeze:
-        if shape[1] % 2 or shape[2] % 2:
-            raise ValueError(f"an image with an odd channel count is squeezed 2x2 first, so H and W must be even; "
-                             f"got shape {shape}")
         channels *= 4
 
     blocks: list[InvertibleModule] = [Squeeze()] if squeeze else []
+    blocks += _level(channels, cfg, conditioner, num_roles, cfg.scales)
+    if squeeze:
+        blocks.append(Unsqueeze())
+    return Flow(blocks, shape=shape)
+
+
+def _level(channels: int, cfg: FlowConfig, conditioner: str, num_roles: int, scales: int) -> list[InvertibleModule]:
+    """`cfg.depth` blocks on `channels`, then (while `scales` > 1) the next level on half of them."""
+    blocks: list[InvertibleModule] = []
     for _ in range(cfg.depth):
         blocks += [
             ActNorm(channels, num_roles),
@@ -116,9 +132,11 @@ def build_flow(shape: Sequence[int], cfg: FlowConfig, num_roles: int = 2) -> Flo
                            precision=cfg.conditioner_precision),
             InvConv1x1(channels),
         ]
-    if squeeze:
-        blocks.append(Unsqueeze())
-    return Flow(blocks, shape=shape)
+    if scales > 1:
+        kept = channels // 2  # the 1x1 conv before the split mixes what is kept and what passes
+        inner = Flow([Squeeze(), *_level(4 * kept, cfg, conditioner, num_roles, scales - 1), Unsqueeze()])
+        blocks.append(Split(inner, kept))
+    return blocks
 
 
 def build_maps(shape: Sequence[int], cfg: FlowConfig) -> tuple[InvertibleMap, InvertibleMap]:
