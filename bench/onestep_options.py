@@ -110,8 +110,12 @@ def plot(results: dict, out: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted(results["options"], key=lambda name: results["options"][name]["fid"]["1"])
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(5, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         grid = out / name / f"onestep-{results['budget_cpu_min']:g}min-1steps.png"
         if grid.is_file():
             ax.imshow(plt.imread(grid), cmap="gray")
@@ -119,7 +123,7 @@ def plot(results: dict, out: Path, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"one step, {results['budget_cpu_min']:g} CPU minutes each, FID of {results['eval_n']} samples",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.1 / rows), h_pad=2.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
