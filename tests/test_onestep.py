@@ -27,14 +27,14 @@ SHAPE = (1, 8, 8)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_cfg(shape=SHAPE, **loss) -> ModelConfig:
-    return ModelConfig(image_shape=shape, flow=FlowConfig(depth=1, hidden=8),
+def tiny_cfg(shape=SHAPE, scales: int = 1, **loss) -> ModelConfig:
+    return ModelConfig(image_shape=shape, flow=FlowConfig(depth=1, hidden=8, scales=scales),
                        operator=OperatorConfig(rank=3, time_embed_dim=8, hidden=16), loss=LossConfig(**loss))
 
 
-def tiny_model(shape=SHAPE, dtype=torch.float32, seed=0) -> OneStepLinearizer:
+def tiny_model(shape=SHAPE, dtype=torch.float32, seed=0, scales: int = 1) -> OneStepLinearizer:
     torch.manual_seed(seed)
-    model = OneStepLinearizer(tiny_cfg(shape)).to(dtype)
+    model = OneStepLinearizer(tiny_cfg(shape, scales)).to(dtype)
     model.initialize(torch.rand(32, *shape, dtype=dtype), torch.Generator().manual_seed(seed))
     make_nonlinear(model, seed)
     return model.eval()
@@ -159,9 +159,10 @@ def test_fit_rejects_batches_without_the_kind_keys():
 # ----- one step vs many, float32 ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scales", [1, 2], ids=["one-scale", "multiscale"])
 @pytest.mark.parametrize("method,steps", [("euler", 20), ("rk4", 20)])
-def test_float32_one_step_agrees_with_multistep(method, steps):
-    model = tiny_model()
+def test_float32_one_step_agrees_with_multistep(method, steps, scales):
+    model = tiny_model(scales=scales)
     model.build_B(method, steps)
     x0 = noise(16)
     with torch.no_grad():
@@ -173,9 +174,10 @@ def test_float32_one_step_agrees_with_multistep(method, steps):
 # ----- save / load ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scales", [1, 2], ids=["one-scale", "multiscale"])
 @pytest.mark.parametrize("dense", [False, True], ids=["lowrank", "dense"])
-def test_save_load_keeps_B_bit_exact(tmp_path, dense):
-    model = tiny_model()
+def test_save_load_keeps_B_bit_exact(tmp_path, dense, scales):
+    model = tiny_model(scales=scales)
     model.build_B("rk4", 6, dense=dense)
     save_model(model, model.cfg, tmp_path / "m")
     loaded, cfg = load_model(tmp_path / "m")
@@ -198,8 +200,9 @@ def test_unbuilt_B_round_trips_and_refuses_to_sample(tmp_path):
 # ----- inversion and interpolation -----------------------------------------------------------
 
 
-def test_induced_interpolation_is_linear_in_both_induced_spaces():
-    model = tiny_model(dtype=torch.float64)
+@pytest.mark.parametrize("scales", [1, 2], ids=["one-scale", "multiscale"])
+def test_induced_interpolation_is_linear_in_both_induced_spaces(scales):
+    model = tiny_model(dtype=torch.float64, scales=scales)
     model.build_B("rk4", 5)
     x = images(2, torch.float64)
     with torch.no_grad():
