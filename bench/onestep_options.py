@@ -153,15 +153,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                       teacher_steps=args.teacher_steps, pairs=args.pairs)
             for name in args.options}
     command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
-    results: dict = {"command": command, "commands": [command], "machine": machine_line("cpu"), "budget_cpu_min": args.budget,
-                     "eval_n": args.eval_n, "goal_n": args.goal_n, "fid_extractor": None, "baseline": None,
-                     "options": {}}
+    results: dict = {"command": command, "commands": [command], "machine": machine_line("cpu"),
+                     "budget_cpu_min": args.budget, "seed": args.seed, "eval_n": args.eval_n, "goal_n": args.goal_n,
+                     "fid_extractor": None, "baseline": None, "options": {}}
     if args.json is not None and args.json.is_file():  # add to the options already measured there
         old = json.loads(args.json.read_text())
-        if (old.get("budget_cpu_min"), old.get("eval_n")) == (args.budget, args.eval_n):
-            results["options"] = {k: v for k, v in old["options"].items() if k not in jobs}
-            results["commands"] = old.get("commands", [old["command"]]) + [command]
-            results["fid_extractor"] = old["fid_extractor"]
+        protocol = ("budget_cpu_min", "eval_n", "seed")
+        theirs = tuple(old.get(k, 0 if k == "seed" else None) for k in protocol)  # files before seeds: seed 0
+        if theirs != (args.budget, args.eval_n, args.seed):
+            raise SystemExit(f"--json {args.json} holds options measured with {dict(zip(protocol, theirs))}, this run "
+                             f"is {dict(zip(protocol, (args.budget, args.eval_n, args.seed)))}; write to a new file")
+        results["options"] = {k: v for k, v in old["options"].items() if k not in jobs}
+        results["commands"] = old.get("commands", [old["command"]]) + [command]
+        results["fid_extractor"] = old["fid_extractor"]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(run, job) for name, job in jobs.items()}
         for name, future in futures.items():

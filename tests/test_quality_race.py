@@ -95,6 +95,11 @@ def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_pa
     assert set(merged["options"]) == {"paper", "ssim-perceptual", "distilled", "rank-32"}
     assert merged["options"]["paper"] == results["options"]["paper"] and len(merged["commands"]) == 2
     assert (tmp_path / "o.png").stat().st_size > 0
+    # another seed or budget is another protocol: refused, the file kept as it was
+    before = out.read_text()
+    with pytest.raises(SystemExit, match=r"'seed': 0.*'seed': 1.*write to a new file"):
+        onestep_options.main(["--budget", "0.01", *tiny, "--options", "rank-32", "--seed", "1", "--json", str(out)])
+    assert out.read_text() == before
     # a race that finishes after the options: its baseline is copied in afterwards
     merged["baseline"] = None
     out.write_text(json.dumps(merged))
