@@ -62,8 +62,9 @@ class EmptyOutsideForward:
             p.data = p.data.new_empty(0)
 
 
-def test_flows_and_sampler_use_weights_only_inside_their_modules_forward():
-    cfg = from_dict(ModelConfig, ONESTEP_MODEL)
+@pytest.mark.parametrize("scales", [1, 2], ids=["one-scale", "multiscale"])
+def test_flows_and_sampler_use_weights_only_inside_their_modules_forward(scales):
+    cfg = from_dict(ModelConfig, {**ONESTEP_MODEL, "flow": {**ONESTEP_MODEL["flow"], "scales": scales}})
     kind = get_kind("onestep")
     torch.manual_seed(0)
     model = kind.build(cfg).double()
