@@ -32,6 +32,7 @@ Run (the committed figures, docs/onestep.md "Quality race"):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import shlex
@@ -89,7 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also score Linearizer 1-step and baseline 4-step at the largest budget with this many samples")
     p.add_argument("--overlay", type=Path, nargs="+", default=[], metavar="JSON",
                    help="bench.onestep_options results whose --overlay-option to draw on the plot too")
-    p.add_argument("--overlay-option", default="ssim-perceptual")
+    p.add_argument("--overlay-option", nargs="+", default=["ssim-perceptual"], metavar="OPTION",
+                   help="the options of the --overlay files to draw, a line each")
     p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
                    help="only draw --png from the results JSON of an earlier (possibly interrupted) run")
     args = p.parse_args(argv)
@@ -195,9 +197,10 @@ def sample(kind_name: str, model: nn.Module, x0: Tensor, steps: int, batch: int 
     return out, 1000 * (time.process_time() - start) / x0.shape[0]
 
 
-def plot(results: dict, path: Path, overlays: Sequence[Path] = (), option: str = "ssim-perceptual") -> None:
+def plot(results: dict, path: Path, overlays: Sequence[Path] = (), options: Sequence[str] = ("ssim-perceptual",)
+         ) -> None:
     """FID against budget, a line per sampler; `overlays` (bench.onestep_options results) add the
-    one-step FID of `option` at their budgets."""
+    one-step FID of each of `options` at their budgets."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,10 +218,12 @@ def plot(results: dict, path: Path, overlays: Sequence[Path] = (), option: str =
             hollow = key == "onestep" and steps > 1  # equals the one-step curve: B collapses it
             ax.plot([r["budget_cpu_min"] for r in rows], values, ":x" if hollow else style,
                     markersize=9 if hollow else 6, label=f"{name}, {steps} step{'s' if steps > 1 else ''}")
-    points = sorted((o["budget_cpu_min"], o["options"][option]["fid"]["1"])
-                    for o in (json.loads(Path(f).read_text()) for f in overlays) if option in o["options"])
-    if points:
-        ax.plot(*zip(*points), "-D", color="black", label=f"Linearizer, 1 step, {option}")
+    loaded = [json.loads(Path(f).read_text()) for f in overlays]
+    for option, style in zip(options, itertools.cycle(("-D", "-P", "-*", "-v"))):
+        points = sorted((o["budget_cpu_min"], o["options"][option]["fid"]["1"]) for o in loaded
+                        if option in o["options"])
+        if points:
+            ax.plot(*zip(*points), style, color="black", label=f"Linearizer, 1 step, {option}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])

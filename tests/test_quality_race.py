@@ -107,3 +107,30 @@ def test_design_options_are_scored_side_by_side_against_the_race_baseline(tmp_pa
     refreshed = json.loads(out.read_text())
     assert refreshed["baseline"]["fid"] == results["baseline"]["fid"] and len(refreshed["commands"]) == 3
     assert all(o["fid"]["1"] > 0 and o["steps"] >= 1 for o in results["options"].values())
+
+
+def test_plot_overlays_a_line_per_design_option(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    labels: list[str] = []
+    plot = Axes.plot
+
+    def recording(self, *args, label=None, **kwargs):
+        labels.append(label)
+        return plot(self, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    race = {"budgets": [{"budget_cpu_min": b, "onestep": {"fid": {str(s): 100.0 / b for s in LINEARIZER_STEPS}},
+                         "fm_baseline": {"fid": {str(s): 50.0 / b for s in BASELINE_STEPS}}} for b in (1, 2)],
+            "fid_extractor": "mnist-classifier-v1@abc", "eval_n": 8}
+    (tmp_path / "race.json").write_text(json.dumps(race))
+    for budget in (1, 2):
+        options = {"budget_cpu_min": budget, "options": {"a": {"fid": {"1": 80.0 / budget}},
+                                                         "b": {"fid": {"1": 70.0 / budget}}}}
+        (tmp_path / f"o{budget}.json").write_text(json.dumps(options))
+    png = tmp_path / "race.png"
+    assert main(["--plot-only", str(tmp_path / "race.json"), "--png", str(png), "--overlay",
+                 str(tmp_path / "o1.json"), str(tmp_path / "o2.json"), "--overlay-option", "a", "b", "missing"]) == 0
+    assert png.stat().st_size > 0
+    drawn = [label for label in labels if label and "Linearizer, 1 step, " in label]
+    assert drawn == ["Linearizer, 1 step, a", "Linearizer, 1 step, b"]  # an option in no file draws nothing
