@@ -131,13 +131,13 @@ def plot(results: dict, out: Path, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
     if args.refresh_baseline:
         if args.json is None or not args.json.is_file():
             raise SystemExit("--refresh-baseline needs an existing --json")
         results = json.loads(args.json.read_text())
         results["baseline"] = baseline_at(args.race, results["budget_cpu_min"], results["eval_n"])
-        results.setdefault("commands", [results["command"]]).append(
-            shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])]))
+        results.setdefault("commands", [results["command"]]).append(command)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0 if results["baseline"] is not None else 1
     if args.plot_only:
@@ -152,7 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       teacher=args.teacher if name in NEEDS_TEACHER else None,
                       teacher_steps=args.teacher_steps, pairs=args.pairs)
             for name in args.options}
-    command = shlex.join(["python", "-m", "bench.onestep_options", *(argv if argv is not None else sys.argv[1:])])
     results: dict = {"command": command, "commands": [command], "machine": machine_line("cpu"),
                      "budget_cpu_min": args.budget, "seed": args.seed, "eval_n": args.eval_n, "goal_n": args.goal_n,
                      "fid_extractor": None, "baseline": None, "options": {}}

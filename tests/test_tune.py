@@ -344,7 +344,8 @@ def test_a_stopped_trials_late_failure_does_not_overwrite_the_drivers_killed(mlf
     client = MlflowClient(mlflow_store.tracking_uri)
     experiment = client.create_experiment("late-failure")
     ids = {name: client.create_run(experiment).info.run_id for name in ("stopped", "errored", "raced")}
-    run = {name: TrackingRun(mlflow_store.tracking_uri, experiment, run_id, resumed=False) for name, run_id in ids.items()}
+    run = {name: TrackingRun(mlflow_store.tracking_uri, experiment, run_id, resumed=False)
+           for name, run_id in ids.items()}
     rows = [TrialRow(name, ids[name], 2, 1, 1e-3, "stopped" if name != "errored" else "error", 4, 1, 0.5,
                      math.nan, "") for name in ids]
 
